@@ -1,0 +1,150 @@
+"""Python API: the same pipeline as the CLI in a few lines.
+
+    import regprune
+    res = regprune.prune("smollm2-135m", method="dress", ratio=0.25, calib="wikitext2:validation",
+                         data_dir="../shared/data")
+    res.save("out/smollm2-dress25")
+    print(regprune.evaluate(res.model, res.tokenizer, ppl=["wikitext2"], data_dir="../shared/data"))
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .data.sources import TextSource, check_calibration_source, load_text, parse_source
+from .data.windows import sample_windows, split_windows, tokenize
+from .errors import RegpruneError
+from .eval.perplexity import evaluate_perplexity
+from .methods import CalibrationData, get_method
+from .models.load import LoadedModel, load_model
+from .models.save import check_output_dir, save_model
+from .record import count_parameters, peak_rss_bytes, versions
+from .train.lora import RecoveryConfig, recover_with_lora
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneResult:
+    model: object
+    tokenizer: object
+    record: dict = field(default_factory=dict)
+
+    def save(self, out_dir) -> str:
+        return str(save_model(self.model, self.tokenizer, out_dir, self.record))
+
+
+def build_calibration(tokenizer, source: str | TextSource = "wikitext2:validation", *, num_samples: int = 128,
+                      seq_len: int = 512, seed: int = 0, regularize_fraction: float = 0.75, data_dir=None,
+                      eval_sources: list[str | TextSource] = ()) -> CalibrationData:
+    src = parse_source(source) if isinstance(source, str) else source
+    evals = [parse_source(e) if isinstance(e, str) else e for e in eval_sources]
+    check_calibration_source(src, evals)
+    ids = tokenize(tokenizer, load_text(src, data_dir))
+    windows = sample_windows(ids, num_samples, seq_len, seed)
+    reg, rec = split_windows(windows, regularize_fraction)
+    protocol = {"source": str(src), "num_samples": num_samples, "seq_len": seq_len, "seed": seed,
+                "sampling": "random offsets: random.Random(seed).randint(0, len(ids) - seq_len - 1) per sample",
+                "text_tokens": len(ids), "regularize_windows": len(reg), "recovery_windows": len(rec),
+                "split": f"first {len(reg)} samples regularize, last {len(rec)} recover"}
+    return CalibrationData(reg, rec, protocol)
+
+
+def _make_config(method, config, overrides: dict):
+    cls = method.config_cls
+    if config is None:
+        config = cls()
+    if overrides:
+        train_fields = {f.name for f in dataclasses.fields(getattr(config, "train", object))} \
+            if hasattr(config, "train") else set()
+        own = {k: v for k, v in overrides.items() if k not in train_fields}
+        train = {k: v for k, v in overrides.items() if k in train_fields}
+        unknown = set(own) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise RegpruneError(f"unknown option(s) for method {method.name!r}: {', '.join(sorted(unknown))}")
+        config = dataclasses.replace(config, **own)
+        if train:
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+    return config
+
+
+def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: str = "wikitext2:validation",
+          num_samples: int = 128, seq_len: int = 512, seed: int = 0, data_dir=None,
+          recovery: RecoveryConfig | None = None, eval_sources: list[str] = (), dtype: str = "float32",
+          device: str = "cpu", **options) -> PruneResult:
+    """Prune `model` (a loaded model, or anything `load_model` accepts) and return the smaller model.
+
+    The input model is never modified: a model object passed in is copied first. Extra keyword options
+    go to the method's config (e.g. ratio=0.25, norm="l1", lam=2.0, steps=40, lr=1e-4).
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    source = {}
+    if isinstance(model, str):
+        loaded = load_model(model, dtype=dtype, device=device)
+        model, tokenizer, source = loaded.model, loaded.tokenizer, loaded.source
+    elif isinstance(model, LoadedModel):
+        model, tokenizer, source = copy.deepcopy(model.model), model.tokenizer, model.source
+    else:
+        model = copy.deepcopy(model)
+    if tokenizer is None:
+        raise RegpruneError("a tokenizer is needed to build calibration windows")
+    m = get_method(method)
+    options.setdefault("seed", seed)
+    cfg = _make_config(m, config, options)
+    calib_data = build_calibration(tokenizer, calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
+                                   data_dir=data_dir, eval_sources=eval_sources)
+    params_before = count_parameters(model)
+    model.config.use_cache = True
+    t_method = time.perf_counter()
+    result = m.run(model, calib_data, cfg)
+    method_seconds = time.perf_counter() - t_method
+    pruned = result.model
+    rec_info = None
+    if recovery is not None:
+        t_rec = time.perf_counter()
+        pruned, rec_info = recover_with_lora(pruned, calib_data.recovery, recovery)
+        rec_info["seconds"] = time.perf_counter() - t_rec
+    pruned.eval()
+    record = {
+        "format": "regprune/1",
+        "method": method,
+        "config": dataclasses.asdict(cfg),
+        "model_source": source,
+        "data": calib_data.protocol,
+        "parameters_before": params_before,
+        "parameters_after": count_parameters(pruned),
+        "method_details": result.details,
+        "history": result.history,
+        "recovery": None if recovery is None else {"config": dataclasses.asdict(recovery), **rec_info},
+        "timing": {"method_seconds": method_seconds, "total_seconds": time.perf_counter() - t0},
+        "peak_rss_bytes": peak_rss_bytes(),
+        "versions": versions(),
+        "metrics": {},
+    }
+    record["parameter_ratio"] = record["parameters_after"] / params_before
+    return PruneResult(pruned, tokenizer, record)
+
+
+def evaluate(model, tokenizer=None, *, ppl=("wikitext2",), seq_len: int = 512, max_windows: int | None = 64,
+             max_tokens: int | None = None, batch_size: int = 1, data_dir=None) -> dict:
+    """Perplexity on each named source (default split: test / validation)."""
+    if isinstance(model, str):
+        loaded = load_model(model)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    out = {"parameters": count_parameters(model), "perplexity": {}}
+    for name in ppl:
+        src = parse_source(name, default_split="test" if name.startswith("wikitext") else
+                           "validation" if name == "c4" else "eval" if name == "builtin" else None)
+        out["perplexity"][str(src)] = evaluate_perplexity(
+            model, tokenizer, src, seq_len=seq_len, max_windows=max_windows, max_tokens=max_tokens,
+            batch_size=batch_size, data_dir=data_dir)
+    return out
+
+
+__all__ = ["PruneResult", "build_calibration", "prune", "evaluate", "load_model", "check_output_dir"]

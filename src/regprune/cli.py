@@ -1,0 +1,238 @@
+"""Command line: regprune prune | eval | info | demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import RegpruneError
+
+log = logging.getLogger("regprune")
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="offline data directory laid out like shared/data "
+                   "(wikitext-2-raw/, c4/); default: $REGPRUNE_DATA_DIR, else the Hugging Face hub")
+
+
+def _add_ppl_args(p: argparse.ArgumentParser, flag: str, default) -> None:
+    p.add_argument(flag, type=_csv, default=default, metavar="SOURCES",
+                   help="comma-separated sources for perplexity: wikitext2 (test split), c4 (validation), "
+                   "builtin (eval part), NAME:SPLIT or a .txt/.jsonl file")
+    p.add_argument("--seq-len-eval", dest="eval_seq_len", type=int, default=512,
+                   help="perplexity window length (default 512; the papers use 2048)")
+    p.add_argument("--max-windows", type=int, default=64, help="first N windows (default 64 = quick protocol); "
+                   "0 = all")
+    p.add_argument("--max-tokens", type=int, help="cap on evaluated tokens, for quick runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="regprune", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model and save a standard checkpoint")
+    p.add_argument("model", help="HF directory, .gguf file, hub id, or built-in name (smollm2-135m)")
+    p.add_argument("-o", "--output", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--method", default="dress", help="dress (default) or slice (no regularization)")
+    p.add_argument("--ratio", type=float, default=0.25, help="fraction of hidden channels to remove, in (0, 1)")
+    p.add_argument("--selection", default="activation", choices=["activation", "weight", "last", "random"],
+                   help="which channels to remove (default activation: smallest calibration energy)")
+    p.add_argument("--multiple-of", type=int, default=8, help="round the kept hidden size to a multiple (1: off)")
+    g = p.add_argument_group("DReSS regularization")
+    g.add_argument("--norm", choices=["l2", "l1"], default="l2")
+    g.add_argument("--lam", "--lambda", dest="lam", type=float, default=2.0,
+                   help="penalty strength (prox mode: total shrinkage budget in units of tensor RMS; default 2)")
+    g.add_argument("--reg-mode", dest="mode", choices=["prox", "loss"], default="prox",
+                   help="prox: proximal steps (exact zeros); loss: the paper's penalty in the loss")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs 1 over the regularization windows)")
+    g.add_argument("--epochs", type=float)
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--warmup-steps", type=int, default=2)
+    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    d = p.add_argument_group("calibration data")
+    d.add_argument("--calib", default="wikitext2:validation", help="calibration source (default wikitext2:validation)")
+    d.add_argument("--num-samples", type=int, default=128, help="calibration windows (3:1 regularize:recovery)")
+    d.add_argument("--seq-len", type=int, default=512, help="calibration window length")
+    d.add_argument("--seed", type=int, default=0)
+    _add_data_args(p)
+    r = p.add_argument_group("recovery fine-tuning (LoRA)")
+    r.add_argument("--recover", action="store_true", help="LoRA recovery on the recovery windows, then merge")
+    r.add_argument("--recovery-lr", type=float, default=2e-5)
+    r.add_argument("--recovery-epochs", type=float, default=1.0)
+    r.add_argument("--recovery-steps", type=int)
+    r.add_argument("--lora-r", type=int, default=32)
+    r.add_argument("--lora-alpha", type=float, default=10.0)
+    r.add_argument("--patience", type=int, default=5)
+    _add_ppl_args(p, "--eval-ppl", [])
+    p.add_argument("--compare-dense", action="store_true", help="also measure the input model's perplexity")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+
+    e = sub.add_parser("eval", help="perplexity of a model, with the protocol in the output")
+    e.add_argument("model")
+    _add_ppl_args(e, "--ppl", ["wikitext2"])
+    _add_data_args(e)
+    e.add_argument("--json", dest="json_out", help="write the result to this JSON file")
+    e.add_argument("--dtype", default="float32")
+    e.add_argument("--device", default="cpu")
+
+    i = sub.add_parser("info", help="architecture, sizes and what can be pruned")
+    i.add_argument("model")
+
+    m = sub.add_parser("demo", help="prune the built-in model 25%% with DReSS and compare with the dense model")
+    m.add_argument("-o", "--output", default="runs/demo", help="where the pruned model and results go")
+    m.add_argument("--model", default="smollm2-135m")
+    m.add_argument("--steps", type=int, default=12, help="DReSS regularization steps (default 12, ~6 min here)")
+    _add_data_args(m)
+    return ap
+
+
+def _prune(args) -> int:
+    from . import api
+    from .models.load import load_model
+    from .models.save import check_output_dir, write_record
+    from .train.lora import RecoveryConfig
+    from .train.loop import TrainConfig
+
+    out = check_output_dir(args.output)  # fail before any work
+    if not 0.0 < args.ratio < 1.0:
+        raise RegpruneError(f"pruning ratio must be in (0, 1), got {args.ratio}")
+    eval_sources = [_eval_source(s) for s in args.eval_ppl]
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    opts = dict(ratio=args.ratio, selection=args.selection, multiple_of=args.multiple_of)
+    if args.method == "dress":
+        opts.update(norm=args.norm, lam=args.lam, mode=args.mode, lr=args.lr, batch_size=args.batch_size,
+                    grad_accum=args.grad_accum, warmup_steps=args.warmup_steps,
+                    gradient_checkpointing=args.gradient_checkpointing)
+        if args.steps is not None:
+            opts.update(steps=args.steps, epochs=None)
+        elif args.epochs is not None:
+            opts.update(epochs=args.epochs)
+    recovery = None
+    if args.recover:
+        recovery = RecoveryConfig(r=args.lora_r, alpha=args.lora_alpha, patience=args.patience,
+                                  train=TrainConfig(lr=args.recovery_lr, steps=args.recovery_steps,
+                                                    epochs=None if args.recovery_steps else args.recovery_epochs,
+                                                    batch_size=args.batch_size, seed=args.seed))
+    dense_metrics = None
+    if args.compare_dense and eval_sources:
+        dense_metrics = _ppl(loaded.model, loaded.tokenizer, eval_sources, args)
+    res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=args.num_samples,
+                    seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=recovery,
+                    eval_sources=eval_sources, **opts)
+    del loaded
+    rec = res.record
+    print(f"pruned: {rec['parameters_before']:,} -> {rec['parameters_after']:,} parameters "
+          f"({rec['parameter_ratio']:.3f}), method {args.method} in {rec['timing']['method_seconds']:.0f}s")
+    path = res.save(out)
+    if eval_sources:
+        rec["metrics"]["pruned"] = _ppl(res.model, res.tokenizer, eval_sources, args)
+        if dense_metrics is not None:
+            rec["metrics"]["dense"] = dense_metrics
+        write_record(path, rec)
+        _print_table(rec["metrics"])
+    print(f"saved to {path} (reload with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def _eval_source(name: str):
+    from .data.sources import parse_source
+
+    default = {"wikitext2": "test", "wikitext": "test", "c4": "validation", "builtin": "eval"}.get(name)
+    return parse_source(name, default_split=default)
+
+
+def _ppl(model, tokenizer, sources, args) -> dict:
+    from .eval.perplexity import evaluate_perplexity
+
+    return {str(s): evaluate_perplexity(model, tokenizer, s, seq_len=args.eval_seq_len,
+                                        max_windows=args.max_windows or None, max_tokens=args.max_tokens,
+                                        data_dir=args.data_dir) for s in sources}
+
+
+def _print_table(metrics: dict) -> None:
+    names = list(metrics)
+    sources = sorted({s for m in metrics.values() for s in m})
+    print(f"{'model':<10}" + "".join(f"{s:>24}" for s in sources))
+    for n in names:
+        print(f"{n:<10}" + "".join(f"{metrics[n][s]['ppl']:>24.3f}" if s in metrics[n] else f"{'-':>24}"
+                                   for s in sources))
+    for s in sources:
+        p = next(m[s]["protocol"] for m in metrics.values() if s in m)
+        print(f"  {s}: {p['windows']} windows x {p['seq_len']} tokens, {p['window_placement']}, "
+              f"{p['tokenization']}")
+
+
+def _eval(args) -> int:
+    from .models.load import load_model
+    from .record import count_parameters, versions
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    result = {"model": args.model, "parameters": count_parameters(loaded.model),
+              "perplexity": _ppl(loaded.model, loaded.tokenizer, [_eval_source(s) for s in args.ppl], args),
+              "versions": versions()}
+    _print_table({"model": result["perplexity"]})
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def _info(args) -> int:
+    from transformers import AutoConfig
+
+    from .arch import get_arch, hidden_channel_slices
+    from .models.load import load_model
+    from .record import count_parameters
+
+    loaded = load_model(args.model)
+    cfg = loaded.model.config
+    print(f"model: {args.model}\n  model_type: {cfg.model_type}\n  parameters: {count_parameters(loaded.model):,}")
+    for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings"):
+        if getattr(cfg, k, None) is not None:
+            print(f"  {k}: {getattr(cfg, k)}")
+    try:
+        spec = get_arch(loaded.model)
+    except RegpruneError as e:
+        print(f"prunable: no ({e})")
+        return 0
+    slices = hidden_channel_slices(loaded.model, spec)
+    print(f"prunable: hidden channels (dress, slice): {len(slices)} tensors carry the hidden axis")
+    from .methods.selection import num_removed
+
+    for r in (0.25, 0.5):
+        k = num_removed(cfg.hidden_size, r)
+        print(f"  ratio {r}: hidden {cfg.hidden_size} -> {cfg.hidden_size - k}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, model=args.model, steps=args.steps, data_dir=args.data_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"prune": _prune, "eval": _eval, "info": _info, "demo": _demo}[args.command](args)
+    except (RegpruneError, ValueError) as e:
+        print(f"regprune: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

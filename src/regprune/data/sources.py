@@ -1,0 +1,158 @@
+"""Text sources: named corpora (hub or an offline data directory), local files, and a built-in text.
+
+A source is written `NAME[:SPLIT]` (`wikitext2:validation`, `c4:train`, `builtin:calibration`) or is a
+path to a `.txt` / `.jsonl` file. Each source turns into one string, built the way the pruning papers
+build it (WikiText-2: rows joined by blank lines), so that windows and perplexities are comparable.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataUnavailable, RegpruneError
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "REGPRUNE_DATA_DIR"
+
+# Splits that regprune evaluates on: calibrating on them is refused.
+EVAL_SPLITS = {("wikitext2", "test"), ("c4", "validation"), ("builtin", "eval")}
+
+# Offline layout (that of ../shared/data): split -> file relative to the data directory.
+_OFFLINE_FILES = {
+    ("wikitext2", "test"): "wikitext-2-raw/wiki.test.raw",
+    ("wikitext2", "validation"): "wikitext-2-raw/wiki.valid.raw",
+    ("c4", "train"): "c4/c4-train.00000-of-01024.head1041.jsonl",
+    ("c4", "validation"): "c4/c4-validation.00000-of-00008.head1025.jsonl",
+}
+_SPLITS = {"wikitext2": ("train", "validation", "test"), "c4": ("train", "validation"),
+           "builtin": ("calibration", "eval")}
+_ALIASES = {"valid": "validation", "val": "validation", "calib": "calibration"}
+
+
+@dataclass(frozen=True)
+class TextSource:
+    name: str  # wikitext2 | c4 | builtin | file
+    split: str | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.path if self.name == "file" else f"{self.name}:{self.split}"
+
+    @property
+    def is_eval_split(self) -> bool:
+        return (self.name, self.split) in EVAL_SPLITS
+
+
+def parse_source(text: str, default_split: str | None = None) -> TextSource:
+    if text.endswith((".txt", ".jsonl", ".raw")) or os.sep in text:
+        p = Path(text).expanduser()
+        if not p.is_file():
+            raise DataUnavailable(f"data file not found: {p}")
+        return TextSource("file", path=str(p.resolve()))
+    name, _, split = text.partition(":")
+    name = {"wikitext": "wikitext2", "wikitext-2": "wikitext2"}.get(name, name)
+    if name not in _SPLITS:
+        raise DataUnavailable(
+            f"unknown data source {text!r}: use wikitext2[:split], c4[:split], builtin[:split] "
+            "or a path to a .txt/.jsonl file"
+        )
+    split = _ALIASES.get(split, split) or default_split or _SPLITS[name][0]
+    if split not in _SPLITS[name]:
+        raise DataUnavailable(f"{name} has splits {', '.join(_SPLITS[name])}, not {split!r}")
+    return TextSource(name, split)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    d = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not d:
+        return None
+    p = Path(d).expanduser()
+    if not p.is_dir():
+        raise DataUnavailable(f"data directory not found: {p} (from {'--data-dir' if data_dir else DATA_DIR_ENV})")
+    return p
+
+
+def builtin_text(split: str) -> str:
+    """English prose that ships with Python (pydoc's topic help), split into disjoint halves by topic.
+
+    Every fifth topic (sorted by name) is the evaluation part, the rest the calibration part.
+    """
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    chosen = [k for i, k in enumerate(keys) if (i % 5 == 4) == (split == "eval")]
+    return "\n\n".join(topics[k] for k in chosen)
+
+
+def _read_rows(path: Path) -> list[str]:
+    if path.suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if line.strip():
+                    obj = json.loads(line)
+                    if "text" not in obj:
+                        raise DataUnavailable(f"{path}:{i + 1}: JSONL rows need a 'text' field")
+                    rows.append(obj["text"])
+        return rows
+    with path.open(encoding="utf-8") as f:
+        return [line if line.strip() else "" for line in f]
+
+
+def _join(name: str, rows: list[str]) -> str:
+    # WikiText-2 as in SparseGPT/Wanda; C4 documents as in their C4 evaluation (space-joined).
+    return " ".join(rows) if name == "c4" else "\n\n".join(rows)
+
+
+def _hub_rows(src: TextSource) -> list[str]:
+    try:
+        import datasets
+
+        if src.name == "wikitext2":
+            ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=src.split)
+        else:
+            files = {"train": "en/c4-train.00000-of-01024.json.gz",
+                     "validation": "en/c4-validation.00000-of-00008.json.gz"}
+            ds = datasets.load_dataset("allenai/c4", data_files={src.split: files[src.split]}, split=src.split)
+        return list(ds["text"])
+    except Exception as e:  # the datasets library raises many kinds of network errors
+        raise DataUnavailable(
+            f"{src} is not reachable on the Hugging Face hub ({e.__class__.__name__}: {str(e)[:200]}) and no "
+            f"data directory was given. Pass --data-dir (or set {DATA_DIR_ENV}) to a folder laid out like "
+            "wikitext-2-raw/wiki.{test,valid}.raw and c4/c4-{train,validation}...jsonl, or use a local "
+            ".txt/.jsonl file, or builtin:calibration / builtin:eval."
+        ) from e
+
+
+def load_text(src: TextSource | str, data_dir: str | os.PathLike | None = None) -> str:
+    if isinstance(src, str):
+        src = parse_source(src)
+    if src.name == "file":
+        path = Path(src.path)
+        return _join("c4" if path.suffix == ".jsonl" else "wikitext2", _read_rows(path))
+    if src.name == "builtin":
+        return builtin_text(src.split)
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        rel = _OFFLINE_FILES.get((src.name, src.split))
+        if rel is None:
+            raise DataUnavailable(f"{src} is not part of the offline data layout; choose one of "
+                                  + ", ".join(f"{n}:{s}" for n, s in _OFFLINE_FILES))
+        path = root / rel
+        if not path.is_file():
+            raise DataUnavailable(f"{src}: expected {path} in the data directory")
+        return _join(src.name, _read_rows(path))
+    return _join(src.name, _hub_rows(src))
+
+
+def check_calibration_source(calib: TextSource, eval_sources: list[TextSource] = ()) -> None:
+    if calib.is_eval_split or any(calib == e for e in eval_sources):
+        raise RegpruneError(
+            f"refusing to calibrate on {calib}: it is an evaluation split, so the perplexity measured on it "
+            "would be contaminated. Calibrate on wikitext2:validation, c4:train, builtin:calibration or your "
+            "own file."
+        )

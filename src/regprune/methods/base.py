@@ -1,0 +1,50 @@
+"""The small interface every pruning method implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import RegpruneError
+
+
+@dataclass
+class CalibrationData:
+    regularize: torch.Tensor  # [n, seq_len] windows used by the method itself
+    recovery: torch.Tensor  # [m, seq_len] windows kept for recovery fine-tuning
+    protocol: dict = field(default_factory=dict)
+
+
+@dataclass
+class MethodResult:
+    model: object  # the pruned (physically smaller) model
+    details: dict = field(default_factory=dict)  # goes into regprune.json under "method_details"
+    history: list = field(default_factory=list)  # per-step training log
+
+
+class PruningMethod:
+    """A method takes a model it may modify (a copy the pipeline made) and returns the pruned model."""
+
+    name: str = ""
+    config_cls: type = object
+
+    def run(self, model, calib: CalibrationData, config) -> MethodResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+_METHODS: dict[str, PruningMethod] = {}
+
+
+def register_method(cls):
+    _METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> PruningMethod:
+    if name not in _METHODS:
+        raise RegpruneError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...train.loop import TrainConfig
+
+
+@dataclass
+class SliceConfig:
+    """Slicing hidden channels without regularization (the paper's 'w/o R' ablation)."""
+
+    ratio: float = 0.25  # fraction of hidden channels removed
+    selection: str = "activation"  # activation | weight | last | random
+    multiple_of: int = 8  # kept hidden size rounded to a multiple of this (1: exact round(p*d))
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < float(self.ratio) < 1.0:
+            raise ValueError(f"pruning ratio must be in (0, 1), got {self.ratio}")
+
+
+@dataclass
+class DressConfig(SliceConfig):
+    """DReSS: regularize the selected channels toward zero, then slice them out.
+
+    norm: "l2" (group lasso: the l2 norm of each channel's slice) or "l1" (elementwise |w|).
+    mode: "prox" (default) applies the penalty by its proximal operator after every AdamW step, which
+        gives exact zeros for both norms; lam is then normalized as the total shrinkage budget: over the
+        whole run the proximal steps can move every selected slice by lam times its tensor's initial RMS
+        (per element for l1, per RMS-normalized channel slice for l2), distributed over steps in
+        proportion to the learning rate. lam=1 would just reach zero at the last step with no push-back
+        from the LM loss; larger lam reaches zero earlier and leaves the rest of the run for the kept
+        channels to adapt with the pruned ones already at zero.
+    mode: "loss" is the paper's literal form: lam * sum over tensors and channels of ||slice|| added to
+        the LM loss and optimized by AdamW with it (lam in the paper's units; its best on LLaMA-2-7B was
+        1e-3).
+    """
+
+    norm: str = "l2"
+    lam: float = 2.0
+    mode: str = "prox"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1.0, batch_size=4,
+                                                                   warmup_steps=2))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.norm not in ("l1", "l2"):
+            raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
+        if self.mode not in ("prox", "loss"):
+            raise ValueError(f"mode must be 'prox' or 'loss', got {self.mode!r}")
+        if self.lam < 0:
+            raise ValueError(f"lambda must be >= 0, got {self.lam}")

@@ -1,0 +1,72 @@
+"""Slicing without regularization, and DReSS (regularize -> slice)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ...surgery import slice_hidden_channels
+from ...train.loop import train_loop
+from ..base import CalibrationData, MethodResult, PruningMethod, register_method
+from ..selection import num_removed, select_channels
+from .config import DressConfig, SliceConfig
+from .regularizer import ChannelRegularizer
+
+log = logging.getLogger(__name__)
+
+
+def _choose(model, calib: CalibrationData, cfg: SliceConfig) -> tuple[list[int], dict]:
+    d = model.config.hidden_size
+    k = num_removed(d, cfg.ratio, cfg.multiple_of)
+    removed, scores = select_channels(model, cfg.selection, k, calib.regularize, cfg.seed)
+    info = {"hidden_size_before": d, "hidden_size_after": d - k, "removed_channels": removed,
+            "selection": cfg.selection}
+    if scores is not None:
+        info["selection_scores"] = [round(float(x), 6) for x in scores]
+    log.info("removing %d of %d hidden channels (selection=%s)", k, d, cfg.selection)
+    return removed, info
+
+
+@register_method
+class SliceMethod(PruningMethod):
+    name = "slice"
+    config_cls = SliceConfig
+
+    def run(self, model, calib: CalibrationData, config: SliceConfig) -> MethodResult:
+        removed, info = _choose(model, calib, config)
+        return MethodResult(slice_hidden_channels(model, removed, inplace=True), info)
+
+
+def lr_budget(cfg, steps: int) -> float:
+    """Sum over steps of lr_t / lr for linear warm-up then constant."""
+    w = min(cfg.warmup_steps, steps)
+    return sum(min(1.0, (s + 1) / w) if w else 1.0 for s in range(steps))
+
+
+@register_method
+class DressMethod(PruningMethod):
+    name = "dress"
+    config_cls = DressConfig
+
+    def run(self, model, calib: CalibrationData, config: DressConfig) -> MethodResult:
+        removed, info = _choose(model, calib, config)
+        steps = config.train.total_steps(len(calib.regularize))
+        reg = ChannelRegularizer(model, removed, config.norm, config.lam, config.mode,
+                                 lr_budget(config.train, steps))
+
+        def metrics() -> dict:
+            return {"reg_loss": reg.value(), "energy_left": reg.energy_left()}
+
+        history = train_loop(
+            model, calib.regularize, config.train,
+            extra_loss=reg.loss if config.mode == "loss" else None,
+            after_step=(lambda step, lr: reg.prox(step, lr / config.train.lr)) if config.mode == "prox" else None,
+            metrics=metrics, desc=f"DReSS {config.norm} regularization",
+        )
+        info.update({
+            "regularization_steps": len(history),
+            "energy_left_before_slicing": reg.energy_left(),
+            "exact_zero_fraction_before_slicing": reg.exact_zero_fraction(),
+            "magnitudes": reg.magnitudes(),
+        })
+        return MethodResult(slice_hidden_channels(model, removed, inplace=True), info, history)

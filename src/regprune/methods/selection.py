@@ -1,0 +1,71 @@
+"""Which hidden channels to remove.
+
+- `last`: the last k channels (the paper's fixed pseudo-index set; kept for reproduction).
+- `random`: k channels drawn with a seed.
+- `activation`: the k channels with the smallest calibration energy in the residual stream, each layer's
+  hidden state normalized by its mean channel energy so that deep layers with large norms do not dominate.
+  Massive-activation channels have the largest energy and are never picked.
+- `weight`: the k channels whose slices have the smallest norm, relative per tensor (data-free).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..arch import hidden_channel_slices
+
+STRATEGIES = ("activation", "weight", "last", "random")
+
+
+def num_removed(hidden_size: int, ratio: float, multiple_of: int = 8) -> int:
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"pruning ratio must be in (0, 1), got {ratio}")
+    kept = (1.0 - ratio) * hidden_size
+    if multiple_of > 1 and hidden_size >= 2 * multiple_of:
+        kept = max(multiple_of, round(kept / multiple_of) * multiple_of)
+    else:
+        kept = max(1, round(kept))
+    return hidden_size - int(kept)
+
+
+@torch.no_grad()
+def activation_scores(model, windows: torch.Tensor, max_windows: int = 16) -> torch.Tensor:
+    """Sum over layers of each channel's mean squared hidden state, normalized per layer."""
+    model.eval()
+    device = next(model.parameters()).device
+    score = None
+    for w in windows[:max_windows]:
+        hs = model(input_ids=w[None].to(device), output_hidden_states=True, use_cache=False).hidden_states
+        s = sum((h.float().pow(2).mean(dim=(0, 1)) / h.float().pow(2).mean()) for h in hs)
+        score = s if score is None else score + s
+    return score.cpu()
+
+
+@torch.no_grad()
+def weight_scores(model) -> torch.Tensor:
+    score = None
+    for s in hidden_channel_slices(model):
+        p = s.param.detach().float()
+        e = p.pow(2).sum(dim=tuple(i for i in range(p.dim()) if i != s.dim)) if p.dim() > 1 else p.pow(2)
+        e = e / e.mean().clamp_min(1e-12)
+        score = e if score is None else score + e
+    return score.cpu()
+
+
+def select_channels(model, strategy: str, k: int, windows: torch.Tensor | None = None, seed: int = 0,
+                    ) -> tuple[list[int], torch.Tensor | None]:
+    """Return (sorted channel indices to remove, the scores used or None)."""
+    d = model.config.hidden_size
+    if strategy == "last":
+        return list(range(d - k, d)), None
+    if strategy == "random":
+        g = torch.Generator().manual_seed(seed)
+        return sorted(torch.randperm(d, generator=g)[:k].tolist()), None
+    if strategy == "activation":
+        if windows is None or len(windows) == 0:
+            raise ValueError("channel selection 'activation' needs calibration windows")
+        scores = activation_scores(model, windows)
+    elif strategy == "weight":
+        scores = weight_scores(model)
+    else:
+        raise ValueError(f"unknown channel selection {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    return sorted(torch.argsort(scores)[:k].tolist()), scores

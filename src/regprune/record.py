@@ -1,0 +1,30 @@
+"""What every result records about how it was made (regprune.json and result files)."""
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+import torch
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("regprune", "torch", "transformers", "peft", "datasets", "lm_eval"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def count_parameters(model) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

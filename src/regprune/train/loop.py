@@ -1,0 +1,129 @@
+"""The training loop the methods share: AdamW on the LM loss plus method hooks.
+
+Hooks let a method add a loss term (`extra_loss`), act after every optimizer step (`after_step`, e.g. a
+proximal step), and show its own numbers in the progress bar and history (`metrics`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    steps: int | None = None  # optimizer steps; or give epochs
+    epochs: float | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    gradient_checkpointing: bool = False
+
+    def total_steps(self, n_windows: int) -> int:
+        if self.steps is not None:
+            steps = self.steps
+        elif self.epochs is not None:
+            steps = math.ceil(self.epochs * n_windows / (self.batch_size * self.grad_accum))
+        else:
+            raise ValueError("give steps or epochs")
+        if steps <= 0:
+            raise ValueError(f"the number of training steps must be positive, got {steps}")
+        return steps
+
+
+def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+
+
+def _batches(windows: torch.Tensor, batch_size: int, seed: int) -> Iterable[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(windows), generator=g)
+        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            yield windows[order[i:i + batch_size]]
+
+
+def train_loop(
+    model,
+    windows: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    params: list[torch.nn.Parameter] | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[int, float], None] | None = None,
+    metrics: Callable[[], dict] | None = None,
+    evaluate: Callable[[], float] | None = None,
+    eval_every: int | None = None,
+    should_stop: Callable[[float], bool] | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """Train in place; return the history (one dict per step)."""
+    steps = cfg.total_steps(len(windows))
+    params = [p for p in (params or model.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    device = next(model.parameters()).device
+    batches = _batches(windows, cfg.batch_size, cfg.seed)
+    history: list[dict] = []
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc)
+    try:
+        for step in bar:
+            lm_total, extra_total = 0.0, 0.0
+            for _ in range(cfg.grad_accum):
+                loss = lm_loss(model, next(batches).to(device))
+                lm_total += loss.item() / cfg.grad_accum
+                if extra_loss is not None:
+                    extra = extra_loss()
+                    extra_total += extra.item() / cfg.grad_accum
+                    loss = loss + extra
+                (loss / cfg.grad_accum).backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr_now = opt.param_groups[0]["lr"]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            if after_step is not None:
+                after_step(step, lr_now)
+            row = {"step": step + 1, "lm_loss": lm_total, "lr": lr_now, "seconds": time.perf_counter() - t0}
+            if extra_loss is not None:
+                row["extra_loss"] = extra_total
+            if metrics is not None:
+                row.update(metrics())
+            if evaluate is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                row["eval_loss"] = evaluate()
+                model.train()
+            history.append(row)
+            bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()
+                             if k not in ("step", "seconds", "lr")})
+            if "eval_loss" in row and should_stop is not None and should_stop(row["eval_loss"]):
+                log.info("early stop at step %d", step + 1)
+                break
+    finally:
+        bar.close()
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        model.eval()
+    return history
+
+
+def config_dict(cfg) -> dict:
+    return asdict(cfg)
