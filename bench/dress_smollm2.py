@@ -28,8 +28,8 @@ PROTOCOL = {
     "perplexity": "quick protocol of DESIGN.md section 5: first 64 non-overlapping windows x 512 tokens "
                   "(32,768 tokens), no BOS, loss on tokens 1..511; WikiText-2 raw test rows joined by "
                   "'\\n\\n'; C4 validation (first 1,025 docs of shard 0) joined by ' '",
-    "dress": {"lr": 1e-4, "optimizer": "AdamW, warm-up 2 steps then constant, grad clip 1.0",
-              "batch": "4 x 512 tokens", "epochs": 2, "lam": 2.0, "mode": "prox", "selection": "activation"},
+    "dress": {"lr": 3e-4, "optimizer": "AdamW, warm-up 2 steps then constant, grad clip 1.0",
+              "batch": "4 x 512 tokens", "epochs": 2, "lam": 4.0, "mode": "prox", "selection": "activation"},
     "recovery": {"lora_r": 32, "lora_alpha": 10, "lr": 2e-4, "epochs": 2, "patience": 5, "min_delta": 1e-4,
                  "batch": "4 x 512 tokens"},
     "hardware": "2 CPU cores, torch CPU build, fp32",
@@ -59,14 +59,16 @@ def run_one(name: str, data_dir: str, out: Path) -> None:
         results[name] = {"parameters": count_parameters(loaded.model), "wall_seconds": time.perf_counter() - t0,
                          "perplexity": ppl(loaded.model)}
     elif name.startswith("slice-"):
-        res = regprune.prune(loaded, method="slice", ratio=0.25, selection=name.split("-", 1)[1], **common)
+        res = regprune.prune(loaded, method="slice", ratio=0.25, selection=name.split("-", 1)[1], inplace=True,
+                             **common)
         results[name] = {"parameters": res.record["parameters_after"], "wall_seconds": time.perf_counter() - t0,
                          "selection": res.record["config"]["selection"], "perplexity": ppl(res.model)}
     else:
         norm = name.split("-", 1)[1]
         d = PROTOCOL["dress"]
         res = regprune.prune(loaded, method="dress", ratio=0.25, norm=norm, lam=d["lam"], lr=d["lr"],
-                             epochs=d["epochs"], batch_size=4, warmup_steps=2, selection=d["selection"], **common)
+                             epochs=d["epochs"], batch_size=4, warmup_steps=2, selection=d["selection"], inplace=True,
+                             **common)
         hist = res.record["history"]
         details = res.record["method_details"]
         base = {"parameters": res.record["parameters_after"], "wall_seconds": time.perf_counter() - t0,

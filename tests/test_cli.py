@@ -132,3 +132,23 @@ def test_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         regprune.save_model(model, None, out)
     assert no_partial(out)
+
+
+def test_hub_id_offline_gives_clear_error(capsys):
+    # conftest sets HF_HUB_OFFLINE=1: the hub code path runs and fails the way it does without network.
+    assert main(["info", "someorg/somemodel"]) == 2
+    err = capsys.readouterr().err
+    assert "could not load 'someorg/somemodel' from the Hugging Face hub" in err and "smollm2-135m" in err
+
+
+def test_builtin_name_reuses_converted_cache(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from regprune.models import builtin
+
+    cached = tmp_path / "cache" / "models" / "smollm2-135m"
+    shutil.copytree(tiny_model_dir, cached)
+    monkeypatch.setenv("REGPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(builtin.subprocess, "run", lambda *a, **k: pytest.fail("must not download again"))
+    loaded = regprune.load_model("smollm2-135m")
+    assert loaded.source["kind"] == "builtin" and loaded.model.config.hidden_size == 64

@@ -76,11 +76,12 @@ def _make_config(method, config, overrides: dict):
 def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: str = "wikitext2:validation",
           num_samples: int = 128, seq_len: int = 512, seed: int = 0, data_dir=None,
           recovery: RecoveryConfig | None = None, eval_sources: list[str] = (), dtype: str = "float32",
-          device: str = "cpu", **options) -> PruneResult:
+          device: str = "cpu", inplace: bool = False, **options) -> PruneResult:
     """Prune `model` (a loaded model, or anything `load_model` accepts) and return the smaller model.
 
-    The input model is never modified: a model object passed in is copied first. Extra keyword options
-    go to the method's config (e.g. ratio=0.25, norm="l1", lam=2.0, steps=40, lr=1e-4).
+    The input model is not modified: a model object passed in is copied first, unless `inplace=True`
+    (no second copy in memory; the object passed in is then consumed). Extra keyword options go to the
+    method's config (e.g. ratio=0.25, norm="l1", lam=2.0, steps=40, lr=1e-4).
     """
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -89,8 +90,9 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         loaded = load_model(model, dtype=dtype, device=device)
         model, tokenizer, source = loaded.model, loaded.tokenizer, loaded.source
     elif isinstance(model, LoadedModel):
-        model, tokenizer, source = copy.deepcopy(model.model), model.tokenizer, model.source
-    else:
+        model, tokenizer, source = (model.model if inplace else copy.deepcopy(model.model)), model.tokenizer, \
+            model.source
+    elif not inplace:
         model = copy.deepcopy(model)
     if tokenizer is None:
         raise RegpruneError("a tokenizer is needed to build calibration windows")

@@ -47,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multiple-of", type=int, default=8, help="round the kept hidden size to a multiple (1: off)")
     g = p.add_argument_group("DReSS regularization")
     g.add_argument("--norm", choices=["l2", "l1"], default="l2")
-    g.add_argument("--lam", "--lambda", dest="lam", type=float, default=2.0,
-                   help="penalty strength (prox mode: total shrinkage budget in units of tensor RMS; default 2)")
+    g.add_argument("--lam", "--lambda", dest="lam", type=float, default=4.0,
+                   help="penalty strength (prox mode: total shrinkage budget in units of tensor RMS; default 4)")
     g.add_argument("--reg-mode", dest="mode", choices=["prox", "loss"], default="prox",
                    help="prox: proximal steps (exact zeros); loss: the paper's penalty in the loss")
-    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs 1 over the regularization windows)")
     g.add_argument("--epochs", type=float)
     g.add_argument("--batch-size", type=int, default=4)
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="prune the built-in model 25%% with DReSS and compare with the dense model")
     m.add_argument("-o", "--output", default="runs/demo", help="where the pruned model and results go")
     m.add_argument("--model", default="smollm2-135m")
-    m.add_argument("--steps", type=int, default=12, help="DReSS regularization steps (default 12, ~6 min here)")
+    m.add_argument("--steps", type=int, default=24, help="DReSS regularization steps (default 24, ~6 min here)")
     _add_data_args(m)
     return ap
 
@@ -128,7 +128,7 @@ def _prune(args) -> int:
         dense_metrics = _ppl(loaded.model, loaded.tokenizer, eval_sources, args)
     res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=args.num_samples,
                     seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=recovery,
-                    eval_sources=eval_sources, **opts)
+                    eval_sources=eval_sources, inplace=True, **opts)
     del loaded
     rec = res.record
     print(f"pruned: {rec['parameters_before']:,} -> {rec['parameters_after']:,} parameters "

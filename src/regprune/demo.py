@@ -40,7 +40,7 @@ def choose_demo_data(data_dir) -> tuple[str, str, str | None, str]:
             "and the other 1/5 for evaluation (disjoint)")
 
 
-def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 12, data_dir=None,
+def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 24, data_dir=None,
              eval_windows: int = 16) -> dict:
     from . import api
     from .eval.perplexity import evaluate_perplexity
@@ -69,14 +69,14 @@ def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 12, data_
     rows["slice (no regularization)"] = {"params": sliced.record["parameters_after"], "eval": ppl(sliced.model)}
     del sliced
     print(f"[demo] DReSS: l2 regularization for {steps} steps of 4 x 512 tokens, then slicing")
-    res = api.prune(loaded, method="dress", ratio=0.25, norm="l2", lam=2.0, steps=steps, epochs=None,
-                    lr=1e-4, batch_size=4, **common)
+    res = api.prune(loaded, method="dress", ratio=0.25, norm="l2", lam=4.0, steps=steps, epochs=None,
+                    lr=3e-4, batch_size=4, **common)
     rows["DReSS-l2"] = {"params": res.record["parameters_after"], "eval": ppl(res.model)}
     res.record["metrics"] = {k: v["eval"] for k, v in rows.items()}
     model_dir = res.save(run_dir / "model")
     summary = {
         "model": model, "data": why, "calibration": calib, "evaluation": evalsrc,
-        "protocol": rows["dense"]["eval"]["protocol"], "dress": {"steps": steps, "lr": 1e-4, "lam": 2.0,
+        "protocol": rows["dense"]["eval"]["protocol"], "dress": {"steps": steps, "lr": 3e-4, "lam": 4.0,
                                                                   "norm": "l2", "selection": "activation"},
         "results": {k: {"parameters": v["params"], "ppl": v["eval"]["ppl"]} for k, v in rows.items()},
         "seconds": round(time.perf_counter() - t0, 1), "versions": versions(), "pruned_model": model_dir,

@@ -30,16 +30,16 @@ class DressConfig(SliceConfig):
         (per element for l1, per RMS-normalized channel slice for l2), distributed over steps in
         proportion to the learning rate. lam=1 would just reach zero at the last step with no push-back
         from the LM loss; larger lam reaches zero earlier and leaves the rest of the run for the kept
-        channels to adapt with the pruned ones already at zero.
+        channels to adapt with the pruned ones already at zero (default 4: zero after about a quarter).
     mode: "loss" is the paper's literal form: lam * sum over tensors and channels of ||slice|| added to
         the LM loss and optimized by AdamW with it (lam in the paper's units; its best on LLaMA-2-7B was
         1e-3).
     """
 
     norm: str = "l2"
-    lam: float = 2.0
+    lam: float = 4.0
     mode: str = "prox"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1.0, batch_size=4,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4, epochs=1.0, batch_size=4,
                                                                    warmup_steps=2))
 
     def __post_init__(self):
