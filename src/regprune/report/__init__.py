@@ -1,0 +1,77 @@
+"""A Markdown report with plots from one or more run directories.
+
+    from regprune.report import write_report
+    write_report(["runs/dress-r0.25", "runs/dress-r0.5", "runs/slice-r0.25"], "runs/report")
+
+A run directory holds `regprune.json` (a pruned model, or a regprune.sweep cell) and/or `eval.json` (from
+`regprune eval --json`); a directory with neither is refused. An eval.json without regprune.json is taken as
+the dense reference when it evaluates the model the pruned runs started from (or is a sweep's `dense`
+cell); otherwise it is listed as an evaluation of an unknown model. Whatever a run does not hold (zero-shot
+accuracies, speed, training history, recovery, slice magnitudes) is left out of the report, never filled in.
+
+Written to `out_dir`: `report.md` and the PNG plots it links to by relative path:
+- `ppl_vs_ratio.png`, `zeroshot_vs_ratio.png`: metric against pruning ratio, one line per method;
+- `magnitudes_<run>.png`: for DReSS runs, RMS after/before regularization of the removed and the kept
+  slices, per matrix type and layer (the DReSS paper's Figures 3 and 6);
+- `training_curves.png`: LM loss, regularization loss, energy left, recovery losses per step.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import RegpruneError
+from .runs import Run, dense_rows, load_runs
+
+__all__ = ["write_report", "load_runs", "Run"]
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+
+
+def write_report(run_dirs, out_dir) -> Path:
+    """Write `out_dir/report.md` and its PNG plots for the given run directories; return report.md's path."""
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    runs = load_runs(list(run_dirs))  # validates every directory before anything is written
+    try:
+        from . import plots
+    except ImportError as e:  # pragma: no cover - matplotlib is a dependency of the report only
+        raise RegpruneError(f"the report needs matplotlib ({e}); install it with `pip install matplotlib`") from None
+    from .markdown import render
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RegpruneError(f"report output {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    dense = dense_rows(runs)
+    label_colors = plots.colors_for(list(dict.fromkeys(r.label for r in runs if r.kind == "pruned")))
+    run_colors = plots.colors_for([r.name for r in runs])
+
+    ppl_keys = list(dict.fromkeys(k for r in runs for k in r.measured.ppl))
+    acc_keys = list(dict.fromkeys(k for r in runs for k in r.measured.acc))
+    made: dict = {"magnitudes": {}}
+    made["ppl"] = plots.plot_vs_ratio(runs, dense, [("ppl", k, f"perplexity, {k}") for k in ppl_keys],
+                                      out / "ppl_vs_ratio.png", label_colors, ylabel="perplexity ↓")
+    acc_panels = [("acc", k, f"zero-shot accuracy, {k}") for k in acc_keys]
+    if acc_panels:
+        acc_panels.append(("mean_acc", "", "mean zero-shot accuracy"))
+    made["acc"] = plots.plot_vs_ratio(runs, dense, acc_panels, out / "zeroshot_vs_ratio.png", label_colors,
+                                      percent=True, ylabel="accuracy (%) ↑")
+    stems: set[str] = set()
+    for r in runs:
+        if r.magnitudes:
+            stem = _file_stem(r.name)
+            while stem in stems:
+                stem += "_"
+            stems.add(stem)
+            made["magnitudes"][r.name] = plots.plot_magnitudes(r, out / f"magnitudes_{stem}.png")
+    made["training"] = plots.plot_training(runs, out / "training_curves.png", run_colors)
+
+    path = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text(render(runs, dense, made))
+    os.replace(tmp, path)
+    return path
