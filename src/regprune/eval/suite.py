@@ -89,22 +89,27 @@ def format_markdown(result: dict) -> str:
         lines.append(f"- zero-shot: {p['harness']}, lm-eval {p['lm_eval']}, transformers {p['transformers']}, "
                      f"{p['num_fewshot']}-shot, limit {p['limit']}; headline metric {p['headline_metric']}")
     if "speed" in result:
-        s = result["speed"]
-        lines += ["", "| speed | parameters | checkpoint (MB) | prompt latency (s) | prompt speed-up | "
-                      "generation (tok/s) | generation speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for k, v in s["models"].items():
-            ck = f"{v['checkpoint_bytes'] / 1e6:.1f}" if v.get("checkpoint_bytes") else "-"
-            lines.append(f"| {k} | {v['parameters']:,} | {ck} | {v['prompt_latency_s']:.3f} | "
-                         f"{v.get('speedup_prompt', 1.0):.2f}x | {v['generation_tokens_per_s']:.1f} | "
-                         f"{v.get('speedup_generation', 1.0):.2f}x |")
-        p = s["protocol"]
-        lines.append("")
-        lines.append(f"- speed: {p['device']}, {p['dtype']}, {p['torch_threads']} threads; prompt {p['prompt_tokens']} "
-                     f"tokens; generation {p['generation']}; {p['warmup']} warm-up, {p['repeats']} repeats, "
-                     f"{p['statistic']}")
-        if "ideal_linear_speedup" in s:
-            lines.append(f"- ideal speed-up of the linear layers (FLOP ratio): {s['ideal_linear_speedup']:.2f}x")
+        lines += ["", format_speed(result["speed"])]
     v = result.get("versions", {})
     lines.append(f"- versions: torch {v.get('torch')}, transformers {v.get('transformers')}, "
                  f"regprune {v.get('regprune')}")
     return "\n".join(lines) + "\n"
+
+
+def format_speed(s: dict) -> str:
+    """Table of a measure_speed result (ratios to its reference), with the protocol."""
+    lines = ["| speed | parameters | checkpoint (MB) | prompt latency (s) | prompt speed-up | "
+             "generation (tok/s) | generation speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, v in s["models"].items():
+        ck = f"{v['checkpoint_bytes'] / 1e6:.1f}" if v.get("checkpoint_bytes") else "-"
+        lines.append(f"| {k} | {v['parameters']:,} | {ck} | {v['prompt_latency_s']:.3f} | "
+                     f"{v.get('speedup_prompt', 1.0):.2f}x | {v['generation_tokens_per_s']:.1f} | "
+                     f"{v.get('speedup_generation', 1.0):.2f}x |")
+    p = s["protocol"]
+    lines.append("")
+    lines.append(f"- speed: {p['device']}, {p['dtype']}, {p['torch_threads']} threads; prompt {p['prompt_tokens']} "
+                 f"tokens; generation {p['generation']}; {p['warmup']} warm-up, {p['repeats']} repeats, "
+                 f"{p['statistic']}")
+    if isinstance(s.get("ideal_linear_speedup"), float):
+        lines.append(f"- ideal speed-up of the linear layers (FLOP ratio): {s['ideal_linear_speedup']:.2f}x")
+    return "\n".join(lines)
