@@ -73,3 +73,17 @@ def test_sample_windows_reproduce_reference_protocol():
     assert eval_windows(ids, 512, 3).shape == (3, 512) and eval_windows(ids, 512).shape == (9, 512)
     with pytest.raises(DataUnavailable):
         sample_windows(torch.arange(100), 1, 512)
+
+
+def test_demo_data_choice(corpus_dir, monkeypatch):
+    from regprune.demo import choose_demo_data
+
+    monkeypatch.delenv("REGPRUNE_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub: the built-in prose, said so
+    calib, ev, data_dir, why = choose_demo_data(None)
+    assert (calib, ev, data_dir) == ("builtin:calibration", "builtin:eval", None)
+    assert "not reachable" in why and "pydoc_data" in why
+    calib, ev, data_dir, why = choose_demo_data(str(corpus_dir))
+    assert (calib, ev) == ("wikitext2:validation", "wikitext2:test") and data_dir == str(corpus_dir)
+    monkeypatch.setenv("REGPRUNE_DATA_DIR", str(corpus_dir))
+    assert choose_demo_data(None)[2] == str(corpus_dir)
