@@ -80,7 +80,7 @@ def test_sweep_runs_resumes_and_reruns_one_cell(tiny_model_dir, corpus_dir, tmp_
     dress_row = lines[4].split(" | ")
     assert dress_row[2].strip(" |") == (f"{ppl:,.0f}" if ppl >= 1000 else f"{ppl:.2f}")
     assert "2 windows × 32 tokens" in table and "One seed." in table and "*" not in table
-    assert "Calibration: wikitext2:validation, 8 windows × 32 tokens" in table and "dress: lam=4.0" in table
+    assert "Calibration: wikitext2:validation, 8 windows × 32 tokens" in table and "dress: distill=False, lam=4.0" in table
 
     # Second run: nothing is recomputed (no load, no prune, no eval), same table, same files.
     before = _mtimes(out)

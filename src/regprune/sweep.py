@@ -60,12 +60,12 @@ import os
 import shutil
 import statistics
 import time
-import tomllib
 from pathlib import Path
 
 import regprune
 
 from .errors import RegpruneError
+from .record import flatten
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,13 @@ def load_sweep_config(path) -> dict:
         if p.suffix.lower() == ".json":
             raw = json.loads(p.read_text())
         else:
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise RegpruneError("TOML sweep files need Python >= 3.11; write the config as .json") from None
             with open(p, "rb") as f:
                 raw = tomllib.load(f)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
+    except ValueError as e:  # tomllib.TOMLDecodeError and json.JSONDecodeError are ValueErrors
         raise RegpruneError(f"cannot parse sweep config {p}: {e}") from None
     return validate_sweep_config(raw, base_dir=p.parent.resolve())
 
@@ -489,14 +493,6 @@ def _agg(values: list[float], fmt, expected: int) -> str:
     return s + ("*" if len(values) < expected else "")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _protocol_text(p: dict | None) -> str:
@@ -605,7 +601,7 @@ def sweep_table(output_dir) -> str:
     if cfg is not None:
         notes.append(f"Model: {cfg['model']}; seeds {cfg['seeds']}.")
     for m in methods:
-        confs = {json.dumps({k: v for k, v in _flat(r["config"]).items() if k not in ("ratio", "seed", "train.seed")},
+        confs = {json.dumps({k: v for k, v in flatten(r["config"]).items() if k not in ("ratio", "seed", "train.seed")},
                             sort_keys=True) for r in results if r["method"] == m and isinstance(r.get("config"), dict)}
         for conf in sorted(confs):
             notes.append(f"{m}: " + ", ".join(f"{k}={v}" for k, v in json.loads(conf).items()) + ".")

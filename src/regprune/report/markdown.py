@@ -7,7 +7,8 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .runs import DenseRow, Measurements, Metric, Run, _flat, _is_num
+from ..record import flatten
+from .runs import DenseRow, Measurements, Metric, Run, _is_num
 
 # ---------------------------------------------------------------- formatting
 
@@ -271,7 +272,7 @@ def _grouped(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
 
 
 def _config_text(r: Run) -> str:
-    return ", ".join(f"{k}={v}" for k, v in _flat(r.config).items())
+    return ", ".join(f"{k}={v}" for k, v in flatten(r.config).items())
 
 
 def protocol_section(runs: list[Run], dense: list[DenseRow], cols: list[Column]) -> list[str]:
@@ -312,7 +313,7 @@ def protocol_section(runs: list[Run], dense: list[DenseRow], cols: list[Column])
         out += ["### Recovery (LoRA)", ""]
         for name, rec in recs:
             cfg = rec.get("config") or {}
-            out.append(f"- {name}: `{', '.join(f'{k}={v}' for k, v in _flat(cfg).items())}`; "
+            out.append(f"- {name}: `{', '.join(f'{k}={v}' for k, v in flatten(cfg).items())}`; "
                        f"{rec.get('train_windows', '?')} training / {rec.get('eval_windows', '?')} held-out windows, "
                        f"{rec.get('steps_run', '?')} steps, best at step {rec.get('best_step', '?')}")
         out.append("")

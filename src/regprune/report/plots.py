@@ -98,16 +98,7 @@ def plot_vs_ratio(runs: list[Run], dense: list[DenseRow], panels: list[tuple[str
         ax.set_xlabel("pruning ratio (fraction of hidden channels removed)", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(alpha=0.3)
-    handles, labels = [], []
-    for ax in axes:  # one legend for the figure, each entry once
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
-               bbox_to_anchor=(0.5, -0.02 - 0.03 * math.ceil(len(labels) / 4)))
-    fig.tight_layout()
-    return _save(fig, path)
+    return _legend_and_save(fig, axes, path)
 
 
 def _matrix_key(m: str) -> tuple:
@@ -189,8 +180,12 @@ def plot_training(runs: list[Run], path: Path, colors: dict[str, str]) -> Path |
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("optimizer step", fontsize=8)
         ax.grid(alpha=0.3)
+    return _legend_and_save(fig, axes, path)
+
+
+def _legend_and_save(fig, axes, path):
     handles, labels = [], []
-    for ax in axes:
+    for ax in axes:  # one legend for the figure, each entry once
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)

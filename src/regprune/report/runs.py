@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RegpruneError
+from ..record import flatten
 
 RECORD = "regprune.json"
 EVAL = "eval.json"
@@ -260,14 +261,6 @@ def _unique_names(paths: list[Path]) -> list[str]:
 _LABEL_SKIP = {"ratio", "seed", "train.seed"}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _assign_labels(runs: list[Run]) -> None:
@@ -279,7 +272,7 @@ def _assign_labels(runs: list[Run]) -> None:
         else:
             r.label = "dense" if r.kind == "dense" else (r.eval or {}).get("model", r.name)
     for method, group in by_method.items():
-        flats = [_flat(r.config) for r in group]
+        flats = [flatten(r.config) for r in group]
         keys = sorted({k for f in flats for k in f} - _LABEL_SKIP)
         varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
         recov = {r.record.get("recovery") is not None for r in group}
