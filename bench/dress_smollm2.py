@@ -36,6 +36,9 @@ PROTOCOL = {
     "recovery": {"lora_r": 32, "lora_alpha": 10, "lr": 2e-4, "epochs": 2, "patience": 5, "min_delta": 1e-4,
                  "batch": "4 x 512 tokens"},
     "hardware": "2 CPU cores, torch CPU build, fp32",
+    "timing_note": "wall times and peak RSS are per pipeline (one process each); the machine also ran "
+                   "development work (tests, short probes) at times during these runs, so wall times are "
+                   "upper bounds",
 }
 
 
@@ -125,6 +128,16 @@ def summarize(work: Path) -> dict:
         rc = c / dense["c4:validation"]["ppl"] if dense else float("nan")
         lines.append(f"| {k} | {v['parameters']:,} | {w:.2f} | {rw:.2f}x | {c:.2f} | {rc:.2f}x | "
                      f"{v['wall_seconds']:.0f} | {v['peak_rss_bytes'] / 2**30:.2f} |")
+    comparisons = []
+    if "slice-activation" in rows:
+        base = rows["slice-activation"]["perplexity"]
+        for k, v in rows.items():
+            if k.startswith("dress"):
+                comparisons.append(f"- {k}: WikiText-2 ppl {base['wikitext2:test']['ppl'] / v['perplexity']['wikitext2:test']['ppl']:.2f}x "
+                                   f"lower, C4 {base['c4:validation']['ppl'] / v['perplexity']['c4:validation']['ppl']:.2f}x "
+                                   "lower than slicing the same channels without regularization")
+    if comparisons:
+        lines += ["", "Computed from the rows above:"] + comparisons
     lines += ["", "Protocol:"] + [f"- {k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in PROTOCOL.items()]
     lines.append("- wall time: the pipeline from model load to saved-ready model (pruning, plus recovery for "
                  "+rft rows), excluding perplexity evaluation; dense: load only")
