@@ -101,14 +101,19 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     cfg = _make_config(m, config, options)
     calib_data = build_calibration(tokenizer, calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                    data_dir=data_dir, eval_sources=eval_sources)
+    log.info("calibration: %s, %d windows x %d tokens (%d regularize, %d recovery)", calib_data.protocol["source"],
+             num_samples, seq_len, len(calib_data.regularize), len(calib_data.recovery))
     params_before = count_parameters(model)
     model.config.use_cache = True
+    log.info("method %s: %s", method, cfg)
     t_method = time.perf_counter()
     result = m.run(model, calib_data, cfg)
     method_seconds = time.perf_counter() - t_method
     pruned = result.model
     rec_info = None
+    log.info("pruned in %.0fs: %d -> %d parameters", method_seconds, params_before, count_parameters(pruned))
     if recovery is not None:
+        log.info("recovery: LoRA r=%d on %d windows", recovery.r, len(calib_data.recovery))
         t_rec = time.perf_counter()
         pruned, rec_info = recover_with_lora(pruned, calib_data.recovery, recovery)
         rec_info["seconds"] = time.perf_counter() - t_rec

@@ -284,8 +284,9 @@ def _demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # regprune says what it is doing; other libraries only warn (-v: regprune's debug details too).
+    logging.getLogger("regprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         commands = {"prune": _prune, "eval": _eval, "info": _info, "report": _report, "sweep": _sweep,
                     "demo": _demo}

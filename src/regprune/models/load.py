@@ -50,6 +50,7 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu") -> Loa
     """`spec`: a local HF directory, a `.gguf` file, a built-in name (see BUILTIN_MODELS) or a hub id."""
     torch_dtype = _dtype(dtype)
     path = Path(spec).expanduser()
+    log.info("loading model %s (%s, %s)", spec, dtype, device)
     if spec in BUILTIN_MODELS:
         path = builtin_model_dir(spec)
         source = {"kind": "builtin", "name": spec, "path": str(path),
