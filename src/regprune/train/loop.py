@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -146,7 +146,3 @@ def train_loop(
             model.gradient_checkpointing_disable()
         model.eval()
     return history
-
-
-def config_dict(cfg) -> dict:
-    return asdict(cfg)
