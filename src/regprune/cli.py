@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _prune(args) -> int:
     from . import api
     from .models.load import load_model
+    from .data.sources import parse_eval_source
     from .models.save import check_output_dir, write_record
     from .train.lora import RecoveryConfig
     from .train.loop import TrainConfig
@@ -130,7 +131,7 @@ def _prune(args) -> int:
     out = check_output_dir(args.output)  # fail before any work
     if not 0.0 < args.ratio < 1.0:
         raise RegpruneError(f"pruning ratio must be in (0, 1), got {args.ratio}")
-    eval_sources = [_eval_source(s) for s in args.eval_ppl]
+    eval_sources = [parse_eval_source(s) for s in args.eval_ppl]
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     opts = dict(ratio=args.ratio, selection=args.selection, multiple_of=args.multiple_of)
     if args.method == "dress":
@@ -169,19 +170,11 @@ def _prune(args) -> int:
     return 0
 
 
-def _eval_source(name: str):
-    from .data.sources import parse_source
-
-    default = {"wikitext2": "test", "wikitext": "test", "c4": "validation", "builtin": "eval"}.get(name)
-    return parse_source(name, default_split=default)
-
-
 def _ppl(model, tokenizer, sources, args) -> dict:
-    from .eval.perplexity import evaluate_perplexity
+    from .eval.suite import perplexities
 
-    return {str(s): evaluate_perplexity(model, tokenizer, s, seq_len=args.eval_seq_len,
-                                        max_windows=args.max_windows or None, max_tokens=args.max_tokens,
-                                        data_dir=args.data_dir) for s in sources}
+    return perplexities(model, tokenizer, sources, seq_len=args.eval_seq_len, max_windows=args.max_windows or None,
+                        max_tokens=args.max_tokens, data_dir=args.data_dir)
 
 
 def _print_table(metrics: dict) -> None:
@@ -198,11 +191,12 @@ def _print_table(metrics: dict) -> None:
 
 
 def _eval(args) -> int:
-    from .eval.suite import eval_source, format_markdown, run_eval
+    from .data.sources import parse_eval_source
+    from .eval.suite import format_markdown, run_eval
     from .eval.zeroshot import PAPER_TASKS
     from .models.load import load_model
 
-    sources = [eval_source(s) for s in args.ppl if s != "none"]  # parse (and fail) before loading anything
+    sources = [parse_eval_source(s) for s in args.ppl if s != "none"]  # parse (and fail) before loading anything
     tasks = [t for name in args.tasks for t in (PAPER_TASKS if name == "paper" else [name])]
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     ref = load_model(args.compare_to, dtype=args.dtype, device=args.device) if args.compare_to else None

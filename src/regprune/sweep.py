@@ -79,9 +79,6 @@ EVAL_KEYS = {"ppl": list, "seq_len": int, "max_windows": int, "max_tokens": int,
 GRID_KEYS = {"ratio", "seed"}
 RESULT = "result.json"
 DENSE = "dense"
-# The split regprune.api.evaluate reads for a bare source name.
-_EVAL_DEFAULT_SPLIT = {"wikitext2": "test", "wikitext": "test", "wikitext-2": "test", "c4": "validation",
-                       "builtin": "eval"}
 
 
 # ---------------------------------------------------------------- configuration
@@ -314,10 +311,10 @@ def _read_json(path: Path):
 
 
 def _eval_sources(ev: dict | None) -> list:
-    from .data.sources import parse_source
+    from .data.sources import parse_eval_source
 
     names = (ev or {}).get("ppl", ["wikitext2"] if ev is not None else [])
-    return [parse_source(n, default_split=_EVAL_DEFAULT_SPLIT.get(n)) for n in names]
+    return [parse_eval_source(n) for n in names]
 
 
 def _summarize_eval(ev: dict | None) -> dict:

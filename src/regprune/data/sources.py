@@ -66,6 +66,16 @@ def parse_source(text: str, default_split: str | None = None) -> TextSource:
     return TextSource(name, split)
 
 
+def parse_eval_source(text: str | TextSource) -> TextSource:
+    """A source to evaluate on: a bare name means its evaluation split (wikitext2:test, c4:validation,
+    builtin:eval)."""
+    if isinstance(text, TextSource):
+        return text
+    name = {"wikitext": "wikitext2", "wikitext-2": "wikitext2"}.get(text, text)
+    default = {"wikitext2": "test", "c4": "validation", "builtin": "eval"}.get(name)
+    return parse_source(text, default_split=default)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     d = data_dir or os.environ.get(DATA_DIR_ENV)
     if not d:

@@ -2,25 +2,26 @@
 (the dense model) measured in the same run. Produces the JSON result and its human-readable table."""
 from __future__ import annotations
 
-from ..data.sources import parse_source
+from ..data.sources import parse_eval_source
 from ..record import count_parameters, versions
 from .perplexity import evaluate_perplexity
 
-_DEFAULT_SPLIT = {"wikitext2": "test", "wikitext": "test", "c4": "validation", "builtin": "eval"}
-
-
-def eval_source(name):
-    return parse_source(name, default_split=_DEFAULT_SPLIT.get(name)) if isinstance(name, str) else name
+def perplexities(model, tokenizer, sources, *, seq_len: int = 512, max_windows: int | None = 64,
+                 max_tokens: int | None = None, batch_size: int = 1, data_dir=None) -> dict:
+    """{source: perplexity result} for each evaluation source (bare names: their evaluation split)."""
+    out = {}
+    for name in sources or ():
+        src = parse_eval_source(name)
+        out[str(src)] = evaluate_perplexity(model, tokenizer, src, seq_len=seq_len, max_windows=max_windows,
+                                            max_tokens=max_tokens, batch_size=batch_size, data_dir=data_dir)
+    return out
 
 
 def _quality(model, tokenizer, *, ppl, seq_len, max_windows, max_tokens, batch_size, data_dir, tasks, limit,
              task_batch_size, offline_tasks) -> dict:
-    out = {"parameters": count_parameters(model), "perplexity": {}}
-    for name in ppl or ():
-        src = eval_source(name)
-        out["perplexity"][str(src)] = evaluate_perplexity(model, tokenizer, src, seq_len=seq_len,
-                                                          max_windows=max_windows, max_tokens=max_tokens,
-                                                          batch_size=batch_size, data_dir=data_dir)
+    out = {"parameters": count_parameters(model),
+           "perplexity": perplexities(model, tokenizer, ppl, seq_len=seq_len, max_windows=max_windows,
+                                      max_tokens=max_tokens, batch_size=batch_size, data_dir=data_dir)}
     if tasks:
         from .zeroshot import evaluate_zeroshot
 
