@@ -13,6 +13,8 @@ Written to `out_dir`: `report.md` and the PNG plots it links to by relative path
 - `ppl_vs_ratio.png`, `zeroshot_vs_ratio.png`: metric against pruning ratio, one line per method;
 - `magnitudes_<run>.png`: for DReSS runs, RMS after/before regularization of the removed and the kept
   slices, per matrix type and layer (the DReSS paper's Figures 3 and 6);
+- `layer_weights_<run>.png`: for TRSP runs, the learned weight of every block (removed ones highlighted) and
+  each block's identity gap before/after stage 2;
 - `training_curves.png`: LM loss, regularization loss, energy left, recovery losses per step.
 """
 from __future__ import annotations
@@ -60,14 +62,18 @@ def write_report(run_dirs, out_dir) -> Path:
         acc_panels.append(("mean_acc", "", "mean zero-shot accuracy"))
     made["acc"] = plots.plot_vs_ratio(runs, dense, acc_panels, out / "zeroshot_vs_ratio.png", label_colors,
                                       percent=True, ylabel="accuracy (%) ↑")
+    made["layer_weights"] = {}
     stems: set[str] = set()
     for r in runs:
-        if r.magnitudes:
+        if r.magnitudes or r.layer_weights:
             stem = _file_stem(r.name)
             while stem in stems:
                 stem += "_"
             stems.add(stem)
+        if r.magnitudes:
             made["magnitudes"][r.name] = plots.plot_magnitudes(r, out / f"magnitudes_{stem}.png")
+        if r.layer_weights:
+            made["layer_weights"][r.name] = plots.plot_layer_weights(r, out / f"layer_weights_{stem}.png")
     made["training"] = plots.plot_training(runs, out / "training_curves.png", run_colors)
 
     path = out / "report.md"

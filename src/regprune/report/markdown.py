@@ -237,6 +237,39 @@ def magnitude_table(run: Run) -> list[str]:
                   "kept: mean (min–max) of after÷before"], rows, ["l", "l", "r", "r", "r"])
 
 
+def layer_weights_section(runs: list[Run], images: dict) -> list[str]:
+    """TRSP: the learned per-block weights, the removed blocks, and their identity gaps before/after stage 2."""
+    runs = [r for r in runs if r.layer_weights]
+    if not runs:
+        return []
+    out = ["## Layer weights (TRSP)", "",
+           "Stage 1 learns a weight alpha per block (block output = input + alpha × contribution) under an l1 "
+           "penalty; the blocks with the smallest |alpha| are removed after stage 2 has pulled them toward the "
+           "identity. Identity gap = ‖output − input‖² / ‖input‖² of a block on calibration windows.", ""]
+    for r in runs:
+        d, w = r.details, r.layer_weights
+        cfg = r.config
+        out += [f"### {r.name}", "",
+                f"lam1={cfg.get('lam1')}, lam2={cfg.get('lam2')}; {d.get('stage1_steps', '?')} stage-1 and "
+                f"{d.get('stage2_steps', '?')} stage-2 steps; blocks {d.get('layers_before', len(w))} → "
+                f"{d.get('layers_after', '?')}, removed {r.removed_layers}.", ""]
+        out += _img(images.get(r.name), f"layer weights of {r.name}")
+        before, after = d.get("identity_gap_before") or [], d.get("identity_gap_after") or []
+        rows = []
+        for i in r.removed_layers:
+            if 0 <= i < len(w):
+                rows.append([i, f"{w[i]:.4f}",
+                             fmt_num(before[i]) if i < len(before) and _is_num(before[i]) else "—",
+                             fmt_num(after[i]) if i < len(after) and _is_num(after[i]) else "—"])
+        kept = [abs(x) for i, x in enumerate(w) if i not in set(r.removed_layers)]
+        out += table(["removed block", "alpha", "identity gap before stage 2", "after"], rows, ["r", "r", "r", "r"])
+        if kept:
+            out.append("")
+            out.append(f"Kept blocks: |alpha| from {min(kept):.4f} to {max(kept):.4f}.")
+        out.append("")
+    return out
+
+
 def _last(h: list[dict], key: str):
     vals = [row[key] for row in h if _is_num(row.get(key))]
     return vals[-1] if vals else None
@@ -423,6 +456,8 @@ def render(runs: list[Run], dense: list[DenseRow], plots: dict) -> str:
             out += [f"### {r.name}", "", "; ".join(facts) + ".", ""]
             out += _img(plots.get("magnitudes", {}).get(r.name), f"slice magnitudes of {r.name}")
             out += magnitude_table(r) + [""]
+
+    out += layer_weights_section(runs, plots.get("layer_weights") or {})
 
     train = training_table(runs)
     if train or plots.get("training"):

@@ -151,11 +151,49 @@ def plot_magnitudes(run: Run, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_layer_weights(run: Run, path: Path) -> Path | None:
+    """Per block: the learned weight (TRSP stage-1 alpha), the removed blocks highlighted; and, where recorded,
+    each block's identity gap ||out - in||^2 / ||in||^2 before and after stage 2 (log scale)."""
+    w = run.layer_weights
+    if not w:
+        return None
+    removed = set(run.removed_layers)
+    gaps = [run.details.get(k) for k in ("identity_gap_before", "identity_gap_after")]
+    has_gaps = all(isinstance(g, list) and len(g) == len(w) and all(isinstance(x, (int, float)) for x in g)
+                   for g in gaps)
+    fig, axes = _grid(2 if has_gaps else 1, 1, w=max(6.0, 0.28 * len(w)), h=3.0)
+    xs = list(range(len(w)))
+    colors = [SELECTED_COLOR if i in removed else KEPT_COLOR for i in xs]
+    ax = axes[0]
+    ax.bar(xs, w, color=colors)
+    ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.set_ylabel("learned weight alpha", fontsize=9)
+    ax.set_title(f"{run.name}: per-block weights after stage 1 (red: removed)", fontsize=10)
+    if has_gaps:
+        ax = axes[1]
+        ax.bar([x - 0.2 for x in xs], gaps[0], width=0.4, color="0.6", label="before stage 2")
+        ax.bar([x + 0.2 for x in xs], gaps[1], width=0.4, color=colors, label="after stage 2 (red: removed)")
+        ax.set_yscale("log")
+        ax.set_ylabel("||out - in||² / ||in||²", fontsize=9)
+        ax.set_title("identity gap per block", fontsize=10)
+        ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(xs)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("block", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 TRAINING_PANELS = [
     ("history", "lm_loss", "LM loss (regularization run)"),
     ("history", "reg_loss", "regularization loss (normalized)"),
     ("history", "extra_loss", "penalty added to the loss (mode=loss)"),
     ("history", "energy_left", "energy left in the selected channels"),
+    ("history", "alpha_l1", "TRSP stage 1: sum of |layer weights|"),
+    ("history", "gap_left", "TRSP stage 2: identity gap of the removed blocks / its start"),
     ("recovery", "lm_loss", "recovery (LoRA): LM loss"),
     ("recovery", "eval_loss", "recovery (LoRA): held-out eval loss"),
 ]

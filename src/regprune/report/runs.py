@@ -133,6 +133,16 @@ class Run:
         return [r for r in rows if isinstance(r, dict) and r.get("matrix") is not None]
 
     @property
+    def layer_weights(self) -> list[float]:
+        """Per-block weights learned by a layer-pruning method (TRSP's stage-1 alphas), else empty."""
+        w = self.details.get("layer_weights") or []
+        return [float(x) for x in w] if all(_is_num(x) for x in w) else []
+
+    @property
+    def removed_layers(self) -> list[int]:
+        return [int(i) for i in self.details.get("removed_layers") or [] if _is_num(i)]
+
+    @property
     def model_ids(self) -> set[str]:
         """Names under which the source model of this run may appear in an eval.json ("model")."""
         src = (self.record or {}).get("model_source") or {}
