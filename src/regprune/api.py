@@ -51,7 +51,7 @@ def build_calibration(tokenizer, source: str | TextSource = "wikitext2:validatio
                 "sampling": "random offsets: random.Random(seed).randint(0, len(ids) - seq_len - 1) per sample",
                 "text_tokens": len(ids), "regularize_windows": len(reg), "recovery_windows": len(rec),
                 "split": f"first {len(reg)} samples regularize, last {len(rec)} recover"}
-    return CalibrationData(reg, rec, protocol)
+    return CalibrationData(reg, rec, protocol, tokenizer)
 
 
 def _make_config(method, config, overrides: dict):
@@ -71,6 +71,15 @@ def _make_config(method, config, overrides: dict):
         if train:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
     return config
+
+
+def check_method_options(method: str, options: dict):
+    """Build the method's config from `options` now, so a bad option fails before any model is loaded."""
+    m = get_method(method)
+    try:
+        return _make_config(m, None, {"seed": 0, **options})
+    except (TypeError, ValueError) as e:
+        raise RegpruneError(f"method {method!r}: {e}") from None
 
 
 def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: str = "wikitext2:validation",
@@ -98,7 +107,10 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         raise RegpruneError("a tokenizer is needed to build calibration windows")
     m = get_method(method)
     options.setdefault("seed", seed)
-    cfg = _make_config(m, config, options)
+    try:
+        cfg = _make_config(m, config, options)
+    except (TypeError, ValueError) as e:
+        raise RegpruneError(f"method {method!r}: {e}") from None
     calib_data = build_calibration(tokenizer, calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                    data_dir=data_dir, eval_sources=eval_sources)
     log.info("calibration: %s, %d windows x %d tokens (%d regularize, %d recovery)", calib_data.protocol["source"],

@@ -40,26 +40,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model and save a standard checkpoint")
     p.add_argument("model", help="HF directory, .gguf file, hub id, or built-in name (smollm2-135m)")
     p.add_argument("-o", "--output", required=True, help="output directory (must not exist or be empty)")
-    p.add_argument("--method", default="dress", help="dress (default) or slice (no regularization)")
-    p.add_argument("--ratio", type=float, default=0.25, help="fraction of hidden channels to remove, in (0, 1)")
-    p.add_argument("--selection", default="activation", choices=["activation", "weight", "last", "random"],
+    p.add_argument("--method", default="dress",
+                   help="dress (default), slice (no regularization), slicegpt, sleb, shortgpt, magnitude, wanda, "
+                   "sparsegpt, ... (`regprune info --methods` lists them)")
+    # Method options default to None: only what is given reaches the method, which fills in its own
+    # defaults and refuses options it does not have.
+    p.add_argument("--ratio", type=float, help="fraction to remove, in (0, 1): hidden channels (dress, slice, "
+                   "slicegpt), blocks (sleb, shortgpt), weights (unstructured); default 0.25")
+    p.add_argument("--layers", type=int, help="block-removal methods: remove exactly this many blocks")
+    p.add_argument("--selection", choices=["activation", "weight", "last", "random"],
                    help="which channels to remove (default activation: smallest calibration energy)")
-    p.add_argument("--multiple-of", type=int, default=8, help="round the kept hidden size to a multiple (1: off)")
+    p.add_argument("--multiple-of", type=int, help="round the kept hidden size to a multiple (default 8; 1: off)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the method's config, e.g. -O num_windows=16 (repeatable)")
     g = p.add_argument_group("DReSS regularization")
-    g.add_argument("--norm", choices=["l2", "l1"], default="l2")
-    g.add_argument("--lam", "--lambda", dest="lam", type=float, default=4.0,
+    g.add_argument("--norm", choices=["l2", "l1"], help="default l2")
+    g.add_argument("--lam", "--lambda", dest="lam", type=float,
                    help="penalty strength (prox mode: total shrinkage budget in units of tensor RMS; default 4)")
-    g.add_argument("--reg-mode", dest="mode", choices=["prox", "loss"], default="prox",
-                   help="prox: proximal steps (exact zeros); loss: the paper's penalty in the loss")
-    g.add_argument("--distill", action="store_true",
+    g.add_argument("--reg-mode", dest="mode", choices=["prox", "loss"],
+                   help="prox (default): proximal steps (exact zeros); loss: the paper's penalty in the loss")
+    g.add_argument("--distill", action="store_true", default=None,
                    help="train against the unpruned model's outputs (KL) instead of the text's tokens")
-    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--lr", type=float, help="learning rate (method default; DReSS 3e-4)")
     g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs 1 over the regularization windows)")
     g.add_argument("--epochs", type=float)
-    g.add_argument("--batch-size", type=int, default=4)
-    g.add_argument("--grad-accum", type=int, default=1)
-    g.add_argument("--warmup-steps", type=int, default=2)
-    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--grad-accum", type=int)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="trade compute for memory")
     d = p.add_argument_group("calibration data")
     d.add_argument("--calib", default="wikitext2:validation", help="calibration source (default wikitext2:validation)")
     d.add_argument("--num-samples", type=int, default=128, help="calibration windows (3:1 regularize:recovery)")
@@ -129,26 +137,18 @@ def _prune(args) -> int:
     from .train.loop import TrainConfig
 
     out = check_output_dir(args.output)  # fail before any work
-    if not 0.0 < args.ratio < 1.0:
+    if args.ratio is not None and not 0.0 < args.ratio < 1.0:
         raise RegpruneError(f"pruning ratio must be in (0, 1), got {args.ratio}")
     eval_sources = [parse_eval_source(s) for s in args.eval_ppl]
+    opts = _method_options(args)
+    api.check_method_options(args.method, opts)  # fail before loading anything
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    opts = dict(ratio=args.ratio, selection=args.selection, multiple_of=args.multiple_of)
-    if args.method == "dress":
-        opts.update(norm=args.norm, lam=args.lam, mode=args.mode, distill=args.distill, lr=args.lr,
-                    batch_size=args.batch_size,
-                    grad_accum=args.grad_accum, warmup_steps=args.warmup_steps,
-                    gradient_checkpointing=args.gradient_checkpointing)
-        if args.steps is not None:
-            opts.update(steps=args.steps, epochs=None)
-        elif args.epochs is not None:
-            opts.update(epochs=args.epochs)
     recovery = None
     if args.recover:
         recovery = RecoveryConfig(r=args.lora_r, alpha=args.lora_alpha, patience=args.patience,
                                   train=TrainConfig(lr=args.recovery_lr, steps=args.recovery_steps,
                                                     epochs=None if args.recovery_steps else args.recovery_epochs,
-                                                    batch_size=args.batch_size, seed=args.seed))
+                                                    batch_size=args.batch_size or 4, seed=args.seed))
     dense_metrics = None
     if args.compare_dense and eval_sources:
         dense_metrics = _ppl(loaded.model, loaded.tokenizer, eval_sources, args)
@@ -168,6 +168,32 @@ def _prune(args) -> int:
         _print_table(rec["metrics"])
     print(f"saved to {path} (reload with AutoModelForCausalLM.from_pretrained)")
     return 0
+
+
+METHOD_FLAGS = ("ratio", "layers", "selection", "multiple_of", "norm", "lam", "mode", "distill", "lr", "batch_size",
+                "grad_accum", "warmup_steps", "gradient_checkpointing")
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # a bare word: a string option
+
+
+def _method_options(args) -> dict:
+    """The method options given on the command line (flags and -O KEY=VALUE), nothing else."""
+    opts = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k, None) is not None}
+    if args.steps is not None:
+        opts.update(steps=args.steps, epochs=None)
+    elif args.epochs is not None:
+        opts.update(epochs=args.epochs)
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RegpruneError(f"-O expects KEY=VALUE, got {item!r}")
+        opts[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return opts
 
 
 def _ppl(model, tokenizer, sources, args) -> dict:

@@ -13,6 +13,7 @@ class CalibrationData:
     regularize: torch.Tensor  # [n, seq_len] windows used by the method itself
     recovery: torch.Tensor  # [m, seq_len] windows kept for recovery fine-tuning
     protocol: dict = field(default_factory=dict)
+    tokenizer: object = None  # the tokenizer that made the windows (for methods that hand data to other libraries)
 
 
 @dataclass
