@@ -153,7 +153,7 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
 def evaluate(model, tokenizer=None, *, ppl=("wikitext2",), seq_len: int = 512, max_windows: int | None = 64,
              max_tokens: int | None = None, batch_size: int = 1, data_dir=None, tasks=None, limit=None,
              task_batch_size: int = 8, offline_tasks: bool = True, speed: bool = False, speed_options=None,
-             reference=None) -> dict:
+             reference=None, speed_reference=None) -> dict:
     """Perplexity on each source (default split: test / validation), zero-shot accuracy on lm-eval `tasks`
     and, with `speed`, latency/throughput; against `reference` (e.g. the dense model) when given."""
     if isinstance(model, str):
@@ -166,7 +166,7 @@ def evaluate(model, tokenizer=None, *, ppl=("wikitext2",), seq_len: int = 512, m
     return run_eval(model, tokenizer, ppl=ppl, seq_len=seq_len, max_windows=max_windows, max_tokens=max_tokens,
                     batch_size=batch_size, data_dir=data_dir, tasks=tasks, limit=limit,
                     task_batch_size=task_batch_size, offline_tasks=offline_tasks, speed=speed,
-                    speed_options=speed_options, reference=reference)
+                    speed_options=speed_options, reference=reference, speed_reference=speed_reference)
 
 
 __all__ = ["PruneResult", "build_calibration", "prune", "evaluate", "load_model", "check_output_dir"]

@@ -1,4 +1,4 @@
-"""Command line: regprune prune | eval | info | report | sweep | demo."""
+"""Command line: regprune prune | eval | info | report | sweep | compare | demo."""
 from __future__ import annotations
 
 import argparse
@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="a resumable grid of methods x ratios x seeds from one config file")
     sw.add_argument("config", help="TOML or JSON sweep file (see regprune.sweep for the format)")
     sw.add_argument("--no-resume", action="store_true", help="recompute cells that finished earlier")
+
+    cp = sub.add_parser("compare", help="methods x ratios on one model: a Table 1-style comparison (resumable)")
+    cp.add_argument("config", help="TOML or JSON sweep file (see regprune.sweep and regprune.compare)")
+    cp.add_argument("--no-resume", action="store_true", help="recompute cells that finished earlier")
+    cp.add_argument("--table-only", action="store_true", help="only rewrite compare.{json,md} from finished cells")
 
     m = sub.add_parser("demo", help="prune the built-in model 25%% with DReSS and compare with the dense model")
     m.add_argument("-o", "--output", default="runs/demo", help="where the pruned model and results go")
@@ -295,6 +300,22 @@ def _sweep(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from .compare import run_compare, write_compare
+    from .sweep import load_sweep_config
+
+    cfg = load_sweep_config(args.config)
+    if args.table_only:
+        table = write_compare(cfg["output"])
+        print(table["markdown"])
+        return 0
+    res = run_compare(cfg, resume=not args.no_resume)
+    print(res["compare"]["markdown"])
+    print(f"{len(res['computed'])} cells computed, {len(res['skipped'])} done earlier; "
+          f"compare.json / compare.md in {res['output']}")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -308,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     # regprune says what it is doing; other libraries only warn (-v: regprune's debug details too).
     logging.getLogger("regprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        commands = {"prune": _prune, "eval": _eval, "info": _info, "report": _report, "sweep": _sweep,
+        commands = {"prune": _prune, "eval": _eval, "info": _info, "report": _report, "sweep": _sweep, "compare": _compare,
                     "demo": _demo}
         return commands[args.command](args)
     except (RegpruneError, ValueError) as e:

@@ -18,6 +18,10 @@ Config file (TOML, or JSON when the name ends in .json):
     [options.dress]                 # optional, per-method options: regprune.prune(**options)
     norm = "l2"
     steps = 48
+    [options.wanda-2of4]            # a label in 'methods' that is not a method name is a variant:
+    method = "wanda"                #   the method it runs,
+    structure = "2:4"               #   its options,
+    ratios = [0.5]                  #   and optionally its own subset of 'ratios'
     [eval]                          # optional, kwargs of regprune.api.evaluate; absent: no evaluation
     ppl = ["wikitext2", "c4"]       # wikitext2 = its test split, c4 = validation, builtin = eval
     seq_len = 512
@@ -77,6 +81,15 @@ EVAL_KEYS = {"ppl": list, "seq_len": int, "max_windows": int, "max_tokens": int,
              # accepted only where regprune.api.evaluate has them (checked against its signature)
              "task_batch_size": int, "offline_tasks": bool, "speed_options": dict}
 GRID_KEYS = {"ratio", "seed"}
+VARIANT_KEYS = {"method", "ratios"}  # in [options.<label>]: not method options
+
+
+def _method_options(opts: dict) -> dict:
+    return {k: v for k, v in opts.items() if k not in VARIANT_KEYS}
+
+
+def _label_ratios(opts: dict, ratios: list[float]) -> list[float]:
+    return [float(r) for r in opts["ratios"]] if "ratios" in opts else ratios
 RESULT = "result.json"
 DENSE = "dense"
 
@@ -165,9 +178,12 @@ def validate_sweep_config(raw: dict, base_dir: str | os.PathLike | None = None) 
 
     methods = _nonempty_list(raw, "methods")
     known = list_methods()
+    raw_options = _table(raw, "options")
     for m in methods:
-        if m not in known:
-            raise RegpruneError(f"sweep config: unknown method {m!r} in 'methods'; available: {', '.join(known)}")
+        real = (raw_options.get(m) or {}).get("method", m) if isinstance(raw_options.get(m), dict) else m
+        if real not in known:
+            raise RegpruneError(f"sweep config: unknown method {real!r} for {m!r} in 'methods'; available: "
+                                f"{', '.join(known)} (a variant label needs [options.{m}] method = \"<method>\")")
     ratios = _nonempty_list(raw, "ratios")
     for r in ratios:
         if not _is_num(r) or not 0.0 < r < 1.0:
@@ -192,7 +208,7 @@ def validate_sweep_config(raw: dict, base_dir: str | os.PathLike | None = None) 
             raise RegpruneError(f"sweep config: [calibration] {k} = {v!r} is not a valid "
                                 f"{'positive integer' if CALIBRATION_KEYS[k] is int else 'string'}")
 
-    options = _table(raw, "options")
+    options = raw_options
     for m, opts in options.items():
         if m not in methods:
             raise RegpruneError(f"sweep config: [options.{m}] is given but {m!r} is not in 'methods' {methods}")
@@ -202,16 +218,26 @@ def validate_sweep_config(raw: dict, base_dir: str | os.PathLike | None = None) 
         if grid:
             raise RegpruneError(f"sweep config: [options.{m}] sets {', '.join(grid)}, which the grid sets "
                                 "(use 'ratios' / 'seeds')")
-        _check_keys(f"[options.{m}]", opts, _method_option_names(m) - GRID_KEYS)
+        real = opts.get("method", m)
+        if not isinstance(real, str) or real not in known:
+            raise RegpruneError(f"sweep config: [options.{m}] method = {real!r} is not a method; "
+                                f"available: {', '.join(known)}")
+        _check_keys(f"[options.{m}]", opts, (_method_option_names(real) - GRID_KEYS) | VARIANT_KEYS)
+        if "ratios" in opts:
+            own = opts["ratios"]
+            if not isinstance(own, list) or not own or any(not _is_num(r) or float(r) not in ratios for r in own):
+                raise RegpruneError(f"sweep config: [options.{m}] ratios = {own!r} must be a non-empty subset of "
+                                    f"'ratios' {ratios}")
     options = {m: dict(options.get(m, {})) for m in methods}
     for m in methods:  # build each method's config once now, so a bad value fails before any work
         from .api import _make_config
         from .methods import get_method
 
-        try:
-            _make_config(get_method(m), None, {**options[m], "ratio": ratios[0]})
-        except (TypeError, ValueError) as e:
-            raise RegpruneError(f"sweep config: [options.{m}]: {e}") from None
+        for r in _label_ratios(options[m], ratios):
+            try:
+                _make_config(get_method(options[m].get("method", m)), None, {**_method_options(options[m]), "ratio": r})
+            except (TypeError, ValueError) as e:
+                raise RegpruneError(f"sweep config: [options.{m}]: {e} (at ratio {r:g})") from None
 
     ev = None
     if raw.get("eval") is not None:  # None: a normalized config without evaluation
@@ -277,7 +303,8 @@ def cell_name(method: str, ratio: float | None = None, seed: int | None = None) 
 
 def _grid(cfg: dict) -> list[tuple[str, float | None, int | None]]:
     cells = [(DENSE, None, None)] if cfg["eval"] is not None else []
-    return cells + [(m, r, s) for m in cfg["methods"] for r in cfg["ratios"] for s in cfg["seeds"]]
+    return cells + [(m, r, s) for m in cfg["methods"] for r in _label_ratios(cfg["options"].get(m, {}), cfg["ratios"])
+                    for s in cfg["seeds"]]
 
 
 def _eval_kwargs(cfg: dict) -> dict:
@@ -348,12 +375,14 @@ class _Runner:
             self._loaded = regprune.load_model(self.cfg["model"], dtype=self.cfg["dtype"], device=self.cfg["device"])
         return self._loaded
 
-    def evaluate(self, model, tokenizer) -> dict | None:
+    def evaluate(self, model, tokenizer, speed_reference=None) -> dict | None:
         if self.cfg["eval"] is None:
             return None
         from .record import versions
 
-        out = regprune.api.evaluate(model, tokenizer, data_dir=self.cfg["data_dir"], **_eval_kwargs(self.cfg))
+        # With speed on, each pruned model is timed interleaved with the dense one: ratios from one run.
+        out = regprune.api.evaluate(model, tokenizer, data_dir=self.cfg["data_dir"], speed_reference=speed_reference,
+                                    **_eval_kwargs(self.cfg))
         return {"model": None, **out, "versions": versions()}
 
     def run_cell(self, d: Path, method: str, ratio, seed, spec: dict) -> dict:
@@ -369,12 +398,13 @@ class _Runner:
             _write_json(d / "eval.json", ev)
             result["parameters"] = ev.get("parameters")
         else:
-            res = regprune.prune(self.loaded, method=method, ratio=ratio, seed=seed, data_dir=self.cfg["data_dir"],
-                                 eval_sources=_eval_sources(self.cfg["eval"]), dtype=self.cfg["dtype"],
-                                 device=self.cfg["device"], **self.cfg["calibration"],
-                                 **self.cfg["options"].get(method, {}))
+            opts = self.cfg["options"].get(method, {})
+            res = regprune.prune(self.loaded, method=opts.get("method", method), ratio=ratio, seed=seed,
+                                 data_dir=self.cfg["data_dir"], eval_sources=_eval_sources(self.cfg["eval"]),
+                                 dtype=self.cfg["dtype"], device=self.cfg["device"], **self.cfg["calibration"],
+                                 **_method_options(opts))
             t_prune = time.perf_counter() - t0
-            ev = self.evaluate(res.model, res.tokenizer)
+            ev = self.evaluate(res.model, res.tokenizer, speed_reference=self.loaded.model)
             record = res.record
             if ev is not None:
                 ev["model"] = f"{d.name} (pruned from {self.cfg['model']})"
@@ -385,7 +415,8 @@ class _Runner:
             if ev is not None:
                 _write_json(d / "eval.json", ev)
             details = record.get("method_details") or {}
-            result.update(config=record.get("config"), calibration=record.get("data"),
+            result.update(config=record.get("config"), calibration=record.get("data"), method_name=record["method"],
+                          parameters_nonzero=details.get("parameters_nonzero", record["parameters_after"]),
                           parameters=record["parameters_after"], parameters_before=record["parameters_before"],
                           parameter_ratio=record["parameter_ratio"],
                           hidden_size=[details.get("hidden_size_before"), details.get("hidden_size_after")],
@@ -508,6 +539,22 @@ def sweep_table(output_dir) -> str:
     Each ratio group has the perplexities, the zero-shot accuracies and their mean; several seeds are
     averaged (mean ± sample std). Deterministic: the same finished cells give the same text.
     """
+    cfg, results, methods, ratios, n_seeds = finished_cells(output_dir)
+    if not results:
+        return "_No finished cells yet._\n"
+    dense = next((r for r in results if r["method"] == DENSE), None)
+    sources = list(dict.fromkeys(k for r in results for k in (r.get("perplexity") or {})))
+    tasks = list(dict.fromkeys(k for r in results for k in (r.get("zeroshot") or {})))
+    has_mean = any(r.get("mean_acc") is not None for r in results)
+    metrics = ([("ppl", s, f"PPL {s} ↓") for s in sources] + [("acc", t, f"{t} ↑") for t in tasks]
+               + ([("mean", "", "mean acc ↑")] if has_mean else []))
+    if not metrics:
+        metrics = [("params", "", "parameters")]
+    return _sweep_table_body(cfg, results, methods, ratios, n_seeds, dense, sources, tasks, has_mean, metrics)
+
+
+def finished_cells(output_dir) -> tuple[dict | None, list[dict], list[str], list[float], int]:
+    """(config, finished result.json contents, method labels, ratios, seeds per cell) of a sweep directory."""
     out = Path(output_dir)
     if not out.is_dir():
         raise RegpruneError(f"sweep output {out} not found")
@@ -525,16 +572,10 @@ def sweep_table(output_dir) -> str:
         methods = sorted({r["method"] for r in results if r["method"] != DENSE})
         ratios = sorted({r["ratio"] for r in results if r["method"] != DENSE})
         n_seeds = max([len({r["seed"] for r in results if r["method"] == m}) for m in methods] or [1])
-    if not results:
-        return "_No finished cells yet._\n"
-    dense = next((r for r in results if r["method"] == DENSE), None)
-    sources = list(dict.fromkeys(k for r in results for k in (r.get("perplexity") or {})))
-    tasks = list(dict.fromkeys(k for r in results for k in (r.get("zeroshot") or {})))
-    has_mean = any(r.get("mean_acc") is not None for r in results)
-    metrics = ([("ppl", s, f"PPL {s} ↓") for s in sources] + [("acc", t, f"{t} ↑") for t in tasks]
-               + ([("mean", "", "mean acc ↑")] if has_mean else []))
-    if not metrics:
-        metrics = [("params", "", "parameters")]
+    return cfg, results, methods, ratios, n_seeds
+
+
+def _sweep_table_body(cfg, results, methods, ratios, n_seeds, dense, sources, tasks, has_mean, metrics) -> str:
 
     def values(rs: list[dict], kind: str, key: str) -> list[float]:
         got = []
@@ -570,7 +611,14 @@ def sweep_table(output_dir) -> str:
         head.append("* = fewer seeds finished than configured.")
     if tasks or has_mean:
         head.append("Accuracies in percent.")
-    notes = [" ".join(head)]
+    notes = [" ".join(head)] + protocol_notes(cfg, results, methods)
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def protocol_notes(cfg: dict | None, results: list[dict], methods: list[str]) -> list[str]:
+    """One line per protocol fact of the finished cells: evaluation, calibration, model, method settings."""
+    notes = []
+    sources = list(dict.fromkeys(k for r in results for k in (r.get("perplexity") or {})))
     protos: dict[str, set[str]] = {}
     for r in results:
         for s, p in ((r.get("protocols") or {}).get("perplexity") or {}).items():
@@ -602,7 +650,7 @@ def sweep_table(output_dir) -> str:
                             sort_keys=True) for r in results if r["method"] == m and isinstance(r.get("config"), dict)}
         for conf in sorted(confs):
             notes.append(f"{m}: " + ", ".join(f"{k}={v}" for k, v in json.loads(conf).items()) + ".")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return notes
 
 
 __all__ = ["load_sweep_config", "validate_sweep_config", "run_sweep", "sweep_table", "cell_name"]

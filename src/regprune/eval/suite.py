@@ -34,8 +34,11 @@ def run_eval(model, tokenizer, *, ppl=("wikitext2",), seq_len: int = 512, max_wi
              max_tokens: int | None = None, batch_size: int = 1, data_dir=None, tasks=None, limit=None,
              task_batch_size: int = 8, offline_tasks: bool = True, speed: bool = False, speed_options=None,
              reference=None, reference_tokenizer=None, name: str = "model", reference_name: str = "dense",
-             paths: dict | None = None) -> dict:
-    """Evaluate `model` (and `reference`, if given, with the same protocol)."""
+             paths: dict | None = None, speed_reference=None) -> dict:
+    """Evaluate `model` (and `reference`, if given, with the same protocol).
+
+    `speed_reference`: a model timed with `model` (interleaved) for speed ratios, without evaluating its
+    quality again (a sweep has evaluated the dense model once already)."""
     q = dict(ppl=ppl, seq_len=seq_len, max_windows=max_windows, max_tokens=max_tokens, batch_size=batch_size,
              data_dir=data_dir, tasks=tasks, limit=limit, task_batch_size=task_batch_size,
              offline_tasks=offline_tasks)
@@ -46,6 +49,8 @@ def run_eval(model, tokenizer, *, ppl=("wikitext2",), seq_len: int = 512, max_wi
     if speed:
         from .speed import linear_flop_ratio, measure_speed
 
+        if reference is None and speed_reference is not None:
+            reference = speed_reference
         models = {name: model} if reference is None else {reference_name: reference, name: model}
         result["speed"] = measure_speed(models, reference=reference_name if reference is not None else None,
                                         paths=paths, **(speed_options or {}))

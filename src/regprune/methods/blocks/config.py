@@ -20,6 +20,7 @@ class BlockRemovalConfig:
         if self.layers is not None:
             if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers <= 0:
                 raise ValueError(f"layers must be a positive number of blocks to remove, got {self.layers!r}")
+            self.ratio = None  # layers=K wins; the record then shows what was used
         elif self.ratio is None or not 0.0 < float(self.ratio) < 1.0:
             raise ValueError(f"give layers=K (blocks to remove) or a ratio in (0, 1), got ratio={self.ratio!r}")
         if self.num_windows <= 0 or self.batch_size <= 0:

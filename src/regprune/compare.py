@@ -1,0 +1,143 @@
+"""`regprune compare`: methods × ratios on one model from one config, as one table like the DReSS
+paper's Table 1 (perplexity, zero-shot accuracy, parameters, speed), in JSON and Markdown.
+
+The config is a sweep config (see `regprune.sweep`; variants such as `wanda-2of4` are labels with
+`[options.<label>] method = ...`), and the run is a sweep: resumable cell by cell. What this module adds
+is the layout: one row per (method, ratio), the dense model first, parameters as counted and as a
+fraction of the dense model, and the speed ratios measured against the dense model in the same run.
+What a ratio means depends on the method (hidden channels, blocks, or weights); the notes say so.
+
+    regprune compare compare.toml      # runs what is missing, writes <output>/compare.{json,md}
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .sweep import DENSE, _fmt_acc, _fmt_ppl, _write_json, finished_cells, protocol_notes, run_sweep
+
+RATIO_MEANING = {
+    "dress": "hidden channels", "slice": "hidden channels", "slicegpt": "hidden (embedding) dimensions",
+    "sleb": "transformer blocks", "shortgpt": "transformer blocks", "trsp": "transformer blocks",
+    "magnitude": "weights of the block Linears (zeros, same shapes)", "wanda": "weights of the block Linears "
+    "(zeros, same shapes)", "sparsegpt": "weights of the block Linears (zeros, same shapes)",
+    "compresso": "parameters (heads, FFN channels, hidden channels)",
+}
+
+
+def _mean(values):
+    values = [v for v in values if isinstance(v, (int, float))]
+    return statistics.fmean(values) if values else None
+
+
+def compare_rows(output_dir) -> tuple[list[dict], dict]:
+    """One dict per (label, ratio) with the numbers of the table, seeds averaged; and the context."""
+    cfg, results, methods, ratios, n_seeds = finished_cells(output_dir)
+    dense = next((r for r in results if r["method"] == DENSE), None)
+    dense_params = dense.get("parameters") if dense else None
+    sources = list(dict.fromkeys(k for r in results for k in (r.get("perplexity") or {})))
+    tasks = list(dict.fromkeys(k for r in results for k in (r.get("zeroshot") or {})))
+    groups = [(DENSE, None)] + [(m, r) for m in methods for r in ratios]
+    rows = []
+    for label, ratio in groups:
+        rs = [r for r in results if r["method"] == label and (label == DENSE or r.get("ratio") == ratio)]
+        if not rs:
+            continue
+        first = rs[0]
+        method = DENSE if label == DENSE else first.get("method_name") or (first.get("spec") or {}).get("method", label)
+        row = {"label": label, "method": method, "ratio": ratio, "seeds": len(rs),
+               "ratio_of": RATIO_MEANING.get(method, "see the method") if label != DENSE else None,
+               "parameters": _mean(r.get("parameters") for r in rs),
+               "parameters_nonzero": _mean(r.get("parameters_nonzero", r.get("parameters")) for r in rs),
+               "perplexity": {s: _mean((r.get("perplexity") or {}).get(s) for r in rs) for s in sources},
+               "zeroshot": {t: _mean((r.get("zeroshot") or {}).get(t) for r in rs) for t in tasks},
+               "mean_acc": _mean(r.get("mean_acc") for r in rs),
+               "prune_seconds": _mean(r.get("prune_seconds") for r in rs)}
+        if dense_params:
+            row["parameter_fraction"] = row["parameters"] / dense_params
+            row["nonzero_fraction"] = row["parameters_nonzero"] / dense_params
+        sp = [r.get("speed") for r in rs if isinstance(r.get("speed"), dict)]
+        timed = [(s.get("models") or {}).get("model") or {} for s in sp]  # run_eval's name for the pruned model
+        row["speed"] = {
+            "prompt_speedup": _mean(x.get("speedup_prompt") for x in timed),
+            "generation_speedup": _mean(x.get("speedup_generation") for x in timed),
+            "ideal_linear_speedup": _mean(s.get("ideal_linear_speedup") for s in sp),
+        } if sp else None
+        rows.append(row)
+    context = {"config": cfg, "sources": sources, "tasks": tasks, "n_seeds": n_seeds,
+               "notes": protocol_notes(cfg, results, methods) if results else [],
+               "speed_protocol": next((r["speed"].get("protocol") for r in results
+                                       if isinstance(r.get("speed"), dict)), None)}
+    return rows, context
+
+
+def _fx(v) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def compare_markdown(rows: list[dict], context: dict) -> str:
+    sources, tasks = context["sources"], context["tasks"]
+    has_speed = any(r.get("speed") for r in rows)
+    has_nonzero = any(r.get("parameters_nonzero") != r.get("parameters") for r in rows)
+    head = ["method", "ratio", "params (M)", "% dense"] + (["nonzero %"] if has_nonzero else []) \
+        + [f"PPL {s} ↓" for s in sources] + [f"{t} ↑" for t in tasks] + (["mean acc ↑"] if tasks else []) \
+        + (["prompt ×", "generation ×", "linear ideal ×"] if has_speed else [])
+    lines = ["| " + " | ".join(head) + " |", "| :--- | ---: | " + " | ".join("---:" for _ in head[2:]) + " |"]
+    for r in rows:
+        cells = [r["label"], "—" if r["ratio"] is None else f"{r['ratio']:g}",
+                 "—" if r["parameters"] is None else f"{r['parameters'] / 1e6:.1f}",
+                 f"{100 * r.get('parameter_fraction', float('nan')):.1f}"]
+        if has_nonzero:
+            cells.append(f"{100 * r.get('nonzero_fraction', float('nan')):.1f}")
+        cells += ["—" if r["perplexity"].get(s) is None else _fmt_ppl(r["perplexity"][s]) for s in sources]
+        cells += ["—" if r["zeroshot"].get(t) is None else _fmt_acc(r["zeroshot"][t]) for t in tasks]
+        if tasks:
+            cells.append("—" if r["mean_acc"] is None else _fmt_acc(r["mean_acc"]))
+        if has_speed:
+            sp = r.get("speed") or {}
+            cells += [_fx(sp.get("prompt_speedup")), _fx(sp.get("generation_speedup")),
+                      _fx(sp.get("ideal_linear_speedup"))] if r["label"] != DENSE else ["1.00×", "1.00×", "1.00×"]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = []
+    meaning = {}
+    for r in rows:
+        if r["label"] != DENSE:
+            meaning.setdefault(r["ratio_of"], set()).add(r["label"])
+    notes.append("Ratio = fraction removed of: " + "; ".join(
+        f"{what} ({', '.join(sorted(labels))})" for what, labels in meaning.items()) + ".")
+    if has_nonzero:
+        notes.append("nonzero % = parameters that are not exact zeros (unstructured / 2:4 sparsity keeps dense "
+                     "shapes; no speed-up without sparse kernels).")
+    if has_speed:
+        sp = context.get("speed_protocol") or {}
+        notes.append("Speed = dense time / pruned time, each pruned model timed interleaved with the dense model "
+                     "in the same process: " + "; ".join(f"{k}={v}" for k, v in sorted(sp.items())) + ". "
+                     "Linear ideal = dense / pruned multiply-adds of the Linear layers (LM head included).")
+    notes += context["notes"]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def write_compare(output_dir) -> dict:
+    rows, context = compare_rows(output_dir)
+    out = Path(output_dir)
+    md = compare_markdown(rows, context)
+    _write_json(out / "compare.json", {"rows": rows, "sources": context["sources"], "tasks": context["tasks"],
+                                       "notes": context["notes"], "speed_protocol": context["speed_protocol"],
+                                       "config": context["config"]})
+    tmp = out / ".compare.md.tmp"
+    model = (context["config"] or {}).get("model", "?")
+    tmp.write_text(f"# Comparison on {model}\n\n" + md)
+    tmp.replace(out / "compare.md")
+    return {"rows": rows, "markdown": md}
+
+
+def run_compare(config, *, resume: bool = True) -> dict:
+    """Run (or resume) the comparison described by a sweep config and write compare.{json,md}."""
+    res = run_sweep(config, resume=resume)
+    table = write_compare(res["output"])
+    return {**res, "compare": table}
+
+
+def load_compare_json(output_dir) -> dict:
+    return json.loads((Path(output_dir) / "compare.json").read_text())
