@@ -227,3 +227,20 @@ def test_slice_without_regularization_every_selection(selection):
     res = get_method("slice").run(model, calib(), get_method("slice").config_cls(ratio=0.25, selection=selection))
     assert res.model.config.hidden_size == 48 and len(res.details["removed_channels"]) == 16
     assert res.details["selection"] == selection
+
+
+def test_cli_block_removal_and_method_list(tiny_model_dir, corpus_dir, tmp_path, capsys):
+    from regprune.cli import main
+
+    out = tmp_path / "sleb"
+    assert main(["prune", str(tiny_model_dir), "-o", str(out), "--method", "sleb", "--layers", "1",
+                 "-O", "num_windows=2", "--num-samples", "8", "--seq-len", "32", "--data-dir", str(corpus_dir)]) == 0
+    rec = json.loads((out / "regprune.json").read_text())
+    assert rec["config"]["layers"] == 1 and rec["config"]["ratio"] is None and rec["config"]["num_windows"] == 2
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 1
+    # an option the method does not have: refused before loading
+    assert main(["prune", "no/such/model", "-o", str(tmp_path / "x"), "--method", "sleb", "--norm", "l1"]) == 2
+    assert "unknown option" in capsys.readouterr().err
+    assert main(["info", "--methods"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"{m}:" in listing for m in ("dress", "slice", "slicegpt", "sleb", "shortgpt", "wanda", "sparsegpt"))

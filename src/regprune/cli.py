@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="float32")
     e.add_argument("--device", default="cpu")
 
-    i = sub.add_parser("info", help="architecture, sizes and what can be pruned")
-    i.add_argument("model")
+    i = sub.add_parser("info", help="architecture, sizes and what can be pruned; or the list of methods")
+    i.add_argument("model", nargs="?")
+    i.add_argument("--methods", action="store_true", help="list the pruning methods and their options")
 
     rp = sub.add_parser("report", help="Markdown report with plots from one or more run directories")
     rp.add_argument("runs", nargs="+", help="directories written by regprune prune / sweep (regprune.json, eval.json)")
@@ -261,6 +262,23 @@ def _info(args) -> int:
     from .models.load import load_model
     from .record import count_parameters
 
+    if args.methods:
+        import dataclasses
+
+        from .methods import get_method, list_methods
+
+        for name in list_methods():
+            cls = get_method(name).config_cls
+            doc = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".")
+            fields = dataclasses.fields(cls)
+            opts = ", ".join(f.name for f in fields if f.name != "train")
+            train = next((f for f in fields if f.name == "train"), None)
+            if train is not None:
+                opts += "; training: " + ", ".join(f.name for f in dataclasses.fields(train.default_factory()))
+            print(f"{name}: {doc}.\n  options: {opts}")
+        return 0
+    if not args.model:
+        raise RegpruneError("give a model (or --methods)")
     loaded = load_model(args.model)
     cfg = loaded.model.config
     print(f"model: {args.model}\n  model_type: {cfg.model_type}\n  parameters: {count_parameters(loaded.model):,}")
@@ -329,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     # regprune says what it is doing; other libraries only warn (-v: regprune's debug details too).
     logging.getLogger("regprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        commands = {"prune": _prune, "eval": _eval, "info": _info, "report": _report, "sweep": _sweep, "compare": _compare,
-                    "demo": _demo}
+        commands = {"prune": _prune, "eval": _eval, "info": _info, "report": _report, "sweep": _sweep,
+                    "compare": _compare, "demo": _demo}
         return commands[args.command](args)
     except (RegpruneError, ValueError) as e:
         print(f"regprune: error: {e}", file=sys.stderr)
