@@ -81,8 +81,8 @@ def test_compare_config_errors(tiny_model_dir, corpus_dir, tmp_path):
     p.write_text(text.replace('method = "magnitude"', 'method = "nosuch"'))
     with pytest.raises(RegpruneError, match="nosuch"):
         load_sweep_config(p)
-    p.write_text(text.replace("ratios = [0.5]", "ratios = [0.75]"))
-    with pytest.raises(RegpruneError, match="subset"):
+    p.write_text(text.replace("ratios = [0.5]", "ratios = [1.5]"))
+    with pytest.raises(RegpruneError, match=r"numbers in \(0, 1\)"):
         load_sweep_config(p)
     p.write_text(text.replace('structure = "2:4"', 'structure = "2:4"\nselection = "last"'))
     with pytest.raises(RegpruneError, match="selection"):

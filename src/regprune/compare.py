@@ -38,7 +38,7 @@ def compare_rows(output_dir) -> tuple[list[dict], dict]:
     dense_params = dense.get("parameters") if dense else None
     sources = list(dict.fromkeys(k for r in results for k in (r.get("perplexity") or {})))
     tasks = list(dict.fromkeys(k for r in results for k in (r.get("zeroshot") or {})))
-    groups = [(DENSE, None)] + [(m, r) for m in methods for r in ratios]
+    groups = [(DENSE, None)] + [(m, r) for m in methods for r in ratios]  # a label's missing ratios: no row
     rows = []
     for label, ratio in groups:
         rs = [r for r in results if r["method"] == label and (label == DENSE or r.get("ratio") == ratio)]

@@ -21,7 +21,7 @@ Config file (TOML, or JSON when the name ends in .json):
     [options.wanda-2of4]            # a label in 'methods' that is not a method name is a variant:
     method = "wanda"                #   the method it runs,
     structure = "2:4"               #   its options,
-    ratios = [0.5]                  #   and optionally its own subset of 'ratios'
+    ratios = [0.5]                  #   and optionally its own ratios (instead of 'ratios')
     [eval]                          # optional, kwargs of regprune.api.evaluate; absent: no evaluation
     ppl = ["wikitext2", "c4"]       # wikitext2 = its test split, c4 = validation, builtin = eval
     seq_len = 512
@@ -225,9 +225,10 @@ def validate_sweep_config(raw: dict, base_dir: str | os.PathLike | None = None) 
         _check_keys(f"[options.{m}]", opts, (_method_option_names(real) - GRID_KEYS) | VARIANT_KEYS)
         if "ratios" in opts:
             own = opts["ratios"]
-            if not isinstance(own, list) or not own or any(not _is_num(r) or float(r) not in ratios for r in own):
-                raise RegpruneError(f"sweep config: [options.{m}] ratios = {own!r} must be a non-empty subset of "
-                                    f"'ratios' {ratios}")
+            # A variant may have ratios of its own, e.g. a DReSS ratio that matches another method's size.
+            if not isinstance(own, list) or not own or any(not _is_num(r) or not 0.0 < r < 1.0 for r in own):
+                raise RegpruneError(f"sweep config: [options.{m}] ratios = {own!r} must be a non-empty list of "
+                                    "numbers in (0, 1)")
     options = {m: dict(options.get(m, {})) for m in methods}
     for m in methods:  # build each method's config once now, so a bad value fails before any work
         from .api import _make_config
@@ -567,7 +568,8 @@ def finished_cells(output_dir) -> tuple[dict | None, list[dict], list[str], list
     if cfg is not None:
         wanted = {cell_name(m, r, s) for m, r, s in _grid(cfg)}
         results = [r for r in results if r.get("cell") in wanted]
-        methods, ratios, n_seeds = cfg["methods"], cfg["ratios"], len(cfg["seeds"])
+        methods, n_seeds = cfg["methods"], len(cfg["seeds"])
+        ratios = sorted({r for m in methods for r in _label_ratios(cfg["options"].get(m, {}), cfg["ratios"])})
     else:
         methods = sorted({r["method"] for r in results if r["method"] != DENSE})
         ratios = sorted({r["ratio"] for r in results if r["method"] != DENSE})
