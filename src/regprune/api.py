@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data.sources import TextSource, check_calibration_source, load_text, parse_source
+from .data.instructions import instruction_windows, is_instruction_file
 from .data.windows import sample_windows, split_windows, tokenize
 from .errors import RegpruneError
 from .methods import CalibrationData, get_method
@@ -44,6 +45,10 @@ def build_calibration(tokenizer, source: str | TextSource = "wikitext2:validatio
     src = parse_source(source) if isinstance(source, str) else source
     evals = [parse_source(e) if isinstance(e, str) else e for e in eval_sources]
     check_calibration_source(src, evals)
+    if src.name == "file" and is_instruction_file(src.path):
+        reg, rec, protocol = instruction_windows(tokenizer, src.path, num_samples=num_samples, seq_len=seq_len,
+                                                 seed=seed, regularize_fraction=regularize_fraction)
+        return CalibrationData(reg, rec, protocol, tokenizer)
     ids = tokenize(tokenizer, load_text(src, data_dir))
     windows = sample_windows(ids, num_samples, seq_len, seed)
     reg, rec = split_windows(windows, regularize_fraction)

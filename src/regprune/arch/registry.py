@@ -30,6 +30,11 @@ class ArchSpec:
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj",
     )
     writers: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")
+    # Separate q, k, v, o projections and gate, up, down of a gated FFN, for pruning heads and FFN
+    # channels (Compresso); None where they are fused into one Linear.
+    attention: tuple[str, str, str, str] | None = (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+    ffn: tuple[str, str, str] | None = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
     # "rms": y = w * x / rms(x). Slicing d -> d' channels that are zero multiplies rms by sqrt(d'/d),
     # so the kept norm weights are scaled by sqrt(d/d') to keep the function exact.
     norm_kind: str = "rms"
@@ -71,6 +76,8 @@ _PHI3 = ArchSpec(
     model_types=("phi3",),
     readers=("self_attn.qkv_proj", "mlp.gate_up_proj"),
     writers=("self_attn.o_proj", "mlp.down_proj"),
+    attention=None,
+    ffn=None,
     notes="fused qkv and gate_up projections: their input is the hidden state, so columns are sliced.",
 )
 

@@ -1,8 +1,9 @@
 """Text sources: named corpora (hub or an offline data directory), local files, and a built-in text.
 
 A source is written `NAME[:SPLIT]` (`wikitext2:validation`, `c4:train`, `builtin:calibration`) or is a
-path to a `.txt` / `.jsonl` file. Each source turns into one string, built the way the pruning papers
-build it (WikiText-2: rows joined by blank lines), so that windows and perplexities are comparable.
+path to a `.txt` / `.jsonl` file (an Alpaca-style `.json` / `.jsonl` instruction file is calibrated on as
+packed instruction examples: data/instructions.py). Each source turns into one string, built the way the
+pruning papers build it (WikiText-2: rows joined by blank lines), so that windows and perplexities are comparable.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class TextSource:
 
 
 def parse_source(text: str, default_split: str | None = None) -> TextSource:
-    if text.endswith((".txt", ".jsonl", ".raw")) or os.sep in text:
+    if text.endswith((".txt", ".json", ".jsonl", ".raw")) or os.sep in text:
         p = Path(text).expanduser()
         if not p.is_file():
             raise DataUnavailable(f"data file not found: {p}")

@@ -6,6 +6,7 @@ from . import blocks  # noqa: F401  (registers sleb, shortgpt)
 from . import trsp  # noqa: F401  (registers trsp)
 from . import slicegpt  # noqa: F401  (registers slicegpt)
 from . import unstructured  # noqa: F401  (registers magnitude, wanda, sparsegpt)
+from . import compresso  # noqa: F401  (registers compresso)
 
 __all__ = ["CalibrationData", "MethodResult", "PruningMethod", "get_method", "list_methods", "register_method",
            "DressConfig", "DressMethod", "SliceConfig", "SliceMethod"]

@@ -48,6 +48,14 @@ def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
 
 
+def masked_lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    """LM loss on rows stacked as [ids, loss mask] ([b, 2, L]): only tokens whose mask is 1 are predicted."""
+    ids, mask = batch[:, 0], batch[:, 1, 1:].reshape(-1).bool()
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="none")
+    return (nll * mask).sum() / mask.sum().clamp_min(1)
+
+
 def lm_and_distill_loss(model, teacher, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(LM loss, KL(teacher || student) per token) on the same forward pass."""
     logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
@@ -68,12 +76,24 @@ def _batches(windows: torch.Tensor, batch_size: int, seed: int) -> Iterable[torc
             yield windows[order[i:i + batch_size]]
 
 
+def _param_groups(params) -> list[dict]:
+    """Trainable parameters as param groups: plain parameters form one group, dicts are kept."""
+    plain, groups = [], []
+    for p in params:
+        if isinstance(p, dict):
+            groups.append({**p, "params": [q for q in p["params"] if q.requires_grad]})
+        elif p.requires_grad:
+            plain.append(p)
+    return ([{"params": plain}] if plain else []) + groups
+
+
 def train_loop(
     model,
     windows: torch.Tensor,
     cfg: TrainConfig,
     *,
-    params: list[torch.nn.Parameter] | None = None,
+    params: list | None = None,
+    loss_fn: Callable[[object, torch.Tensor], torch.Tensor] | None = None,
     extra_loss: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[int, float], None] | None = None,
     metrics: Callable[[], dict] | None = None,
@@ -86,10 +106,13 @@ def train_loop(
     """Train in place; return the history (one dict per step).
 
     With a `teacher`, the loss is the distillation loss KL(teacher || student) instead of the LM loss
-    (which is still computed and logged)."""
+    (which is still computed and logged). `loss_fn(model, batch)` replaces the LM loss (e.g. for windows
+    that carry a loss mask). `params` is a list of parameters or of torch param-group dicts (own `lr`,
+    `weight_decay`; `"clip": False` keeps a group out of gradient clipping)."""
     steps = cfg.total_steps(len(windows))
-    params = [p for p in (params or model.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [g for g in _param_groups(params or model.parameters()) if g["params"]]
+    clipped = [p for g in groups if g.get("clip", True) for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
     if cfg.gradient_checkpointing:
@@ -106,7 +129,7 @@ def train_loop(
             for _ in range(cfg.grad_accum):
                 batch = next(batches).to(device)
                 if teacher is None:
-                    loss = lm_loss(model, batch)
+                    loss = (loss_fn or lm_loss)(model, batch)
                 else:
                     lm, loss = lm_and_distill_loss(model, teacher, batch)
                     kd_total += loss.item() / cfg.grad_accum
@@ -117,7 +140,7 @@ def train_loop(
                     loss = loss + extra
                 (loss / cfg.grad_accum).backward()
             if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(clipped, cfg.max_grad_norm)
             lr_now = opt.param_groups[0]["lr"]
             opt.step()
             opt.zero_grad(set_to_none=True)

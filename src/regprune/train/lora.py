@@ -32,17 +32,22 @@ def _mean_loss(model, windows: torch.Tensor) -> float:
     return sum(lm_loss(model, w[None].to(device)).item() for w in windows) / len(windows)
 
 
-def recover_with_lora(model, windows: torch.Tensor, cfg: RecoveryConfig) -> tuple[object, dict]:
-    """Fine-tune LoRA adapters on `windows`, keep the best (held-out loss), merge; returns (model, log)."""
+def add_lora(model, r: int, alpha: float, dropout: float = 0.0):
+    """Wrap `model` (in place) with peft LoRA adapters on every Linear of its blocks; base weights frozen."""
     from peft import LoraConfig, get_peft_model
 
+    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=list(get_arch(model).linear_names), task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def recover_with_lora(model, windows: torch.Tensor, cfg: RecoveryConfig) -> tuple[object, dict]:
+    """Fine-tune LoRA adapters on `windows`, keep the best (held-out loss), merge; returns (model, log)."""
     if len(windows) < 2:
         raise ValueError("recovery needs at least 2 windows (one is held out for early stopping)")
     n_eval = max(1, round(len(windows) * cfg.eval_fraction))
     train_w, eval_w = windows[n_eval:], windows[:n_eval]
-    lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=list(get_arch(model).linear_names), task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lcfg)
+    peft_model = add_lora(model, cfg.r, cfg.alpha, cfg.dropout)
     def adapter() -> dict:
         return {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
 
