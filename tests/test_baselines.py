@@ -244,3 +244,17 @@ def test_cli_block_removal_and_method_list(tiny_model_dir, corpus_dir, tmp_path,
     assert main(["info", "--methods"]) == 0
     listing = capsys.readouterr().out
     assert all(f"{m}:" in listing for m in ("dress", "slice", "slicegpt", "sleb", "shortgpt", "wanda", "sparsegpt"))
+
+
+def test_kept_hidden_size_is_one_the_config_accepts(tmp_path):
+    """Llama configs refuse a hidden size that is not a multiple of the heads (even with head_dim set)."""
+    from regprune.methods.selection import hidden_size_allowed, num_removed
+    from regprune.surgery import slice_hidden_channels
+
+    model = tiny_model("llama")  # hidden 64, 4 heads
+    assert not hidden_size_allowed(model.config, 58) and hidden_size_allowed(model.config, 60)
+    k = num_removed(64, 6 / 64, multiple_of=1, config=model.config)
+    assert 64 - k in (56, 60)
+    sliced = slice_hidden_channels(model, list(range(k)))
+    sliced.save_pretrained(tmp_path)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.hidden_size == 64 - k

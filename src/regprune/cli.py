@@ -296,7 +296,7 @@ def _info(args) -> int:
     from .methods.selection import num_removed
 
     for r in (0.25, 0.5):
-        k = num_removed(cfg.hidden_size, r)
+        k = num_removed(cfg.hidden_size, r, config=cfg)
         print(f"  ratio {r}: hidden {cfg.hidden_size} -> {cfg.hidden_size - k}")
     return 0
 

@@ -16,15 +16,36 @@ from ..arch import hidden_channel_slices
 STRATEGIES = ("activation", "weight", "last", "random")
 
 
-def num_removed(hidden_size: int, ratio: float, multiple_of: int = 8) -> int:
+def num_removed(hidden_size: int, ratio: float, multiple_of: int = 8, config=None) -> int:
+    """Channels to remove so that about (1 - ratio) * hidden_size remain, the kept size rounded to a
+    multiple of `multiple_of` and, given the model's `config`, to a size that config accepts."""
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"pruning ratio must be in (0, 1), got {ratio}")
-    kept = (1.0 - ratio) * hidden_size
-    if multiple_of > 1 and hidden_size >= 2 * multiple_of:
-        kept = max(multiple_of, round(kept / multiple_of) * multiple_of)
-    else:
-        kept = max(1, round(kept))
-    return hidden_size - int(kept)
+    target = (1.0 - ratio) * hidden_size
+    step = multiple_of if multiple_of > 1 and hidden_size >= 2 * multiple_of else 1
+    candidates = sorted(range(step, hidden_size, step), key=lambda k: (abs(k - target), k))
+    for kept in candidates:
+        if config is None or hidden_size_allowed(config, kept):
+            return hidden_size - kept
+    raise ValueError(f"no kept hidden size that is a multiple of {step} is accepted by {type(config).__name__} "
+                     f"(hidden {hidden_size}); try multiple_of=1")
+
+
+def hidden_size_allowed(config, hidden_size: int) -> bool:
+    """Whether the config class accepts this hidden size. Some (Llama's, in transformers 5) insist on a
+    multiple of the number of attention heads even with an explicit head_dim, and refuse to save otherwise."""
+    import copy
+
+    c = copy.deepcopy(config)
+    c.hidden_size = hidden_size
+    validate = getattr(c, "validate", None)
+    if validate is None:
+        return True
+    try:
+        validate()
+    except Exception:  # the config library's own validation error types differ across versions
+        return False
+    return True
 
 
 @torch.no_grad()

@@ -180,7 +180,7 @@ class SliceGptMethod(PruningMethod):
     def run(self, model, calib: CalibrationData, config: SliceGptConfig) -> MethodResult:
         model.eval()
         d = model.config.hidden_size
-        d_new = d - num_removed(d, config.ratio, config.multiple_of)
+        d_new = d - num_removed(d, config.ratio, config.multiple_of, model.config)
         windows = calib.regularize if config.num_windows is None else calib.regularize[: config.num_windows]
         covs = residual_covariances(model, windows)
         model, details = rotate_and_slice(model, covs, d_new, config.rotation)
