@@ -11,7 +11,6 @@ What a ratio means depends on the method (hidden channels, blocks, or weights); 
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -138,6 +137,3 @@ def run_compare(config, *, resume: bool = True) -> dict:
     table = write_compare(res["output"])
     return {**res, "compare": table}
 
-
-def load_compare_json(output_dir) -> dict:
-    return json.loads((Path(output_dir) / "compare.json").read_text())

@@ -147,9 +147,8 @@ class BlockTrace:
         return hook
 
     def _post(self, i):
-        def hook(module, args, kwargs_or_out, out=None):
-            o = kwargs_or_out if out is None else out
-            self.outputs[i] = (o[0] if isinstance(o, tuple) else o).detach()
+        def hook(module, args, out):
+            self.outputs[i] = (out[0] if isinstance(out, tuple) else out).detach()
         return hook
 
     @torch.no_grad()
