@@ -1,12 +1,14 @@
 """Benchmark: Compresso on SmolLM2-135M at ratio 0.25 (of all parameters: the size of DReSS at 25%).
 
-One training run per pipeline (masks + LoRA, with or without the collaborative prompt) gives two models:
-the non-uniform one (per-layer sizes, model type regprune_llama_nonuniform) and the uniform one (a standard
-LlamaForCausalLM). Each is evaluated with the quick perplexity protocol and timed against dense. Every
-pipeline runs in its own process and writes one JSON file; finished pipelines are not rerun (delete the
-file to rerun). The DReSS and structured-baseline rows at 25% are read from bench/results/compare_smollm2.json,
-and DReSS with recovery / distillation from bench/results/dress_smollm2_r25.json (same calibration windows,
-same number of steps and tokens). Summary: bench/results/compresso_smollm2.{json,md}.
+One training run per pipeline (masks + LoRA, with or without the collaborative prompt; seeds 0 and 1 for
+each, on the same windows) gives two models: the non-uniform one (per-layer sizes, model type
+regprune_llama_nonuniform) and the uniform one (a standard LlamaForCausalLM). Each is evaluated with the
+quick perplexity protocol and timed against dense. compresso-prompt+rft adds LoRA recovery to the seed-0
+prompt model, as DReSS's +rft row. Every pipeline runs in its own process and writes one JSON file;
+finished pipelines are not rerun (delete the file to rerun). The DReSS and structured-baseline rows at 25%
+are read from bench/results/compare_smollm2.json, and DReSS with recovery / distillation from
+bench/results/dress_smollm2_r25.json (same calibration windows, same number of steps and tokens).
+Summary: bench/results/compresso_smollm2.{json,md}.
 
     python bench/compresso_smollm2.py --data-dir ../shared/data                 # all pipelines
     python bench/compresso_smollm2.py --data-dir ../shared/data --only compresso-prompt
@@ -24,7 +26,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PIPELINES = ["dense", "compresso-prompt", "compresso-noprompt", "compresso-prompt+rft"]
+# "@seedN": the same pipeline with the mask samples and the batch order seeded by N (same windows).
+PIPELINES = ["dense", "compresso-prompt", "compresso-noprompt", "compresso-prompt+rft", "compresso-prompt@seed1",
+             "compresso-noprompt@seed1"]
 RESULTS = HERE / "results"
 
 PROTOCOL = {
@@ -37,6 +41,8 @@ PROTOCOL = {
                   "loss on tokens 1..511; WikiText-2 raw test rows joined by '\\n\\n'; C4 validation joined by ' '",
     "compresso": {"structures": "heads (key-value groups: 3 per layer, 3 query heads each), FFN channels (1536 per "
                                 "layer), hidden channels (576)",
+                  "seeds": "0 (no suffix) and 1 (-seed1): CompressoConfig.seed (hard-concrete mask samples) and "
+                           "TrainConfig.seed (batch order); the calibration windows are the same",
                   "steps": 48, "batch": "4 x 512 tokens (as DReSS: 2 epochs over 96 windows)",
                   "lora": "r 8, alpha 16, on q/k/v/o/gate/up/down, lr 3e-4 (AdamW, warm-up 2 steps, clip 1.0)",
                   "masks": "hard concrete, log-alpha init 3, AdamW lr 0.2; Lagrange multipliers from 0, AdamW lr 20 "
@@ -102,13 +108,16 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
     else:
         calib = regprune.build_calibration(loaded.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512,
                                            seed=0, data_dir=data_dir, eval_sources=["wikitext2:test", "c4:validation"])
-        cfg = CompressoConfig(ratio=0.25, collaborative_prompt=name == "compresso-prompt",
-                              train=TrainConfig(lr=3e-4, steps=steps, batch_size=4, warmup_steps=2))
+        base, _, seed = name.partition("@seed")
+        seed = int(seed or 0)
+        suffix = f"-seed{seed}" if seed else ""
+        cfg = CompressoConfig(ratio=0.25, collaborative_prompt=base == "compresso-prompt", seed=seed,
+                              train=TrainConfig(lr=3e-4, steps=steps, batch_size=4, warmup_steps=2, seed=seed))
         merged, masks, history, info = train_masks(copy.deepcopy(loaded.model), calib, cfg)
         train_seconds = time.perf_counter() - t0
         models = {}
         for uniform in (False, True):
-            key = f"{name}-{'uniform' if uniform else 'nonuniform'}"
+            key = f"{base}-{'uniform' if uniform else 'nonuniform'}{suffix}"
             t1 = time.perf_counter()
             pruned, final = finalize(merged, masks, cfg, uniform)
             pruned.eval()
@@ -118,7 +127,7 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
             results[key] = {"parameters": count_parameters(pruned), "train_seconds": train_seconds,
                             "wall_seconds": train_seconds + time.perf_counter() - t1, **final,
                             "training": info, "perplexity": ppl(pruned)}
-        results[f"{name}-nonuniform"]["history"] = history
+        results[f"{base}-nonuniform{suffix}"]["history"] = history
         speed = measure_speed({"dense": loaded.model, **models}, prompt_len=512, gen_batch=8, new_tokens=64,
                               repeats=3, reference="dense")
         for key in models:
@@ -146,6 +155,23 @@ def _baseline_rows() -> dict:
                                     "speedup_generation": r["speed"]["generation_speedup"]},
                           "protocol": "compare_smollm2.json speed_protocol (4 x 32 new tokens)"}}
     return rows
+
+
+def prompt_effect(rows: dict) -> list[str]:
+    """Per layout and seed: perplexity with the collaborative prompt minus without it (negative: it helped)."""
+    out = ["", "Collaborative prompt, with minus without (negative = the prompt helped):", "",
+           "| layout | seed | WikiText-2 with / without | C4 with / without |", "|---|---:|---|---|"]
+    for layout in ("nonuniform", "uniform"):
+        for seed in range(10):
+            suffix = f"-seed{seed}" if seed else ""
+            on, off = rows.get(f"compresso-prompt-{layout}{suffix}"), rows.get(f"compresso-noprompt-{layout}{suffix}")
+            if on and off:
+                cells = []
+                for src in ("wikitext2:test", "c4:validation"):
+                    a, b = on["perplexity"][src]["ppl"], off["perplexity"][src]["ppl"]
+                    cells.append(f"{a:.2f} / {b:.2f} ({a - b:+.2f})")
+                out.append(f"| {layout} | {seed} | {cells[0]} | {cells[1]} |")
+    return out if len(out) > 5 else []
 
 
 def summarize(work: Path, results_dir: Path) -> dict:
@@ -180,6 +206,7 @@ def summarize(work: Path, results_dir: Path) -> dict:
                          f"{v['ffn_per_layer']}, hidden {v['hidden_size_after']}, sparsity "
                          f"{v['achieved_sparsity']:.4f} (expected at the end of training "
                          f"{v['training']['final_expected_sparsity']:.4f})")
+    lines += prompt_effect(rows)
     lines += ["", "Protocol:"] + [f"- {k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in PROTOCOL.items()]
     lines.append("- wall time: load + training + binarization and surgery, excluding evaluation; dense: load only; "
                  "rows from compare_smollm2: the method's pruning time")
