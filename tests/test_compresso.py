@@ -249,3 +249,11 @@ def test_lambda_momentum_reaches_the_multipliers():
         runs.append([h["lambda_1"] for h in history])
     assert runs[0][0] == pytest.approx(2.0, rel=1e-3) and runs[1][0] == pytest.approx(2.0, rel=1e-3)
     assert runs[0][1:] != pytest.approx(runs[1][1:], rel=1e-3)
+
+
+def test_lambda2_init_sets_the_starting_penalty():
+    cfg = CompressoConfig(ratio=0.2, collaborative_prompt=False, target_warmup=0.0, lambda_lr=2.0, lambda2_init=100.0,
+                          train=TrainConfig(lr=1e-3, steps=1, batch_size=4))
+    _, _, history, info = train_masks(tiny_model("llama"), CalibrationData(_windows(), _windows(4, seed=1)), cfg)
+    # One ascent step of about lambda_lr from the starting value (the gap is never exactly zero).
+    assert history[0]["lambda_2"] == pytest.approx(102.0, abs=0.01) and info["lambda_2"] == history[0]["lambda_2"]
