@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _runner import load_rows, run_pipelines
 
 HERE = Path(__file__).resolve().parent
 # "@seedN": the same pipeline with the mask samples and the batch order seeded by N (same windows).
@@ -175,11 +175,7 @@ def prompt_effect(rows: dict) -> list[str]:
 
 
 def summarize(work: Path, results_dir: Path) -> dict:
-    rows = {}
-    for name in PIPELINES:
-        f = work / f"{name}.json"
-        if f.exists():
-            rows.update(json.loads(f.read_text()))
+    rows = load_rows(work, PIPELINES)
     rows.update(_baseline_rows())
     dress_file = RESULTS / "dress_smollm2_r25.json"
     dress = json.loads(dress_file.read_text())["results"] if dress_file.exists() else {}
@@ -232,14 +228,9 @@ def main() -> None:
     if args.only:
         run_one(args.only, args.data_dir, work / f"{args.only}.json", args.steps, args.max_windows)
         return
-    for name in PIPELINES:
-        if (work / f"{name}.json").exists():
-            print(f"[bench] {name}: done earlier, skipped", flush=True)
-            continue
-        print(f"[bench] {name}: running", flush=True)
-        subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--only", name, "--work", str(work),
-                        "--steps", str(args.steps), "--max-windows", str(args.max_windows)], check=True)
-        summarize(work, Path(args.results))
+    run_pipelines(__file__, PIPELINES, work, ["--data-dir", args.data_dir, "--steps", str(args.steps),
+                                              "--max-windows", str(args.max_windows)],
+                  lambda: summarize(work, Path(args.results)))
     summarize(work, Path(args.results))
     print((Path(args.results) / "compresso_smollm2.md").read_text())
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _runner import load_rows, run_pipelines
 
 HERE = Path(__file__).resolve().parent
 # dress-* also report +RFT; dress-l2-distill trains against the dense model's outputs (KL) instead of the text
@@ -112,11 +112,7 @@ def run_one(name: str, data_dir: str, out: Path) -> None:
 
 
 def summarize(work: Path) -> dict:
-    rows = {}
-    for name in PIPELINES:
-        f = work / f"{name}.json"
-        if f.exists():
-            rows.update(json.loads(f.read_text()))
+    rows = load_rows(work, PIPELINES)
     summary = {"protocol": PROTOCOL, "results": rows}
     (HERE / "results" / "dress_smollm2_r25.json").write_text(json.dumps(summary, indent=2) + "\n")
     dense = rows.get("dense", {}).get("perplexity", {})
@@ -156,14 +152,8 @@ def main() -> None:
     if args.only:
         run_one(args.only, args.data_dir, work / f"{args.only}.json")
         return
-    for name in PIPELINES:
-        if (work / f"{name}.json").exists():
-            print(f"[bench] {name}: done earlier, skipped", flush=True)
-            continue
-        print(f"[bench] {name}: running", flush=True)
-        subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--only", name, "--work", str(work)],
-                       check=True)
-        summarize(work)
+    run_pipelines(__file__, PIPELINES, work, ["--data-dir", args.data_dir], lambda: summarize(work))
+    summarize(work)
     print((HERE / "results" / "dress_smollm2_r25.md").read_text())
 
 

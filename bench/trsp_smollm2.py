@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _runner import run_pipelines
 
 HERE = Path(__file__).resolve().parent
 PIPELINES = ["dense", "trsp", "speed"]
@@ -123,8 +123,9 @@ def summarize(work: Path, out_dir: Path) -> Path:
                   + ", ".join(f"{i}: {a:.3f}" for i, a in enumerate(t["layer_weights"])) + "."]
     if "speed" in rows:
         s = rows["speed"]["models"]["trsp"]
-        lines += ["", f"Speed vs dense (same process, interleaved): prompt {s['speedup_prompt']:.2f}x, generation "
-                  f"{s['speedup_generation']:.2f}x; linear-layer FLOP ratio {rows['speed']['linear_flop_ratio']:.3f} "
+        note = f"; {rows['speed']['note']}" if rows["speed"].get("note") else ""  # a caveat added after the run
+        lines += ["", f"Speed vs dense (same process, interleaved{note}): prompt {s['speedup_prompt']:.2f}x, "
+                  f"generation {s['speedup_generation']:.2f}x; linear-layer FLOP ratio {rows['speed']['linear_flop_ratio']:.3f} "
                   f"(ideal {1 / rows['speed']['linear_flop_ratio']:.2f}x); checkpoint {s['checkpoint_bytes']:,} bytes."]
     lines += ["", "Protocol:"] + [f"- {k}: {v}" for k, v in PROTOCOL.items()]
     lines.append("- wall time: from model load to the pruned model (TRSP) excluding perplexity evaluation; "
@@ -149,17 +150,11 @@ def main() -> None:
     if args.only:
         run_one(args.only, args, work)
         return
-    for name in PIPELINES:
-        if (work / f"{name}.json").exists():
-            print(f"[bench] {name}: done earlier, skipped", flush=True)
-            continue
-        print(f"[bench] {name}: running", flush=True)
-        cmd = [sys.executable, __file__, "--data-dir", args.data_dir, "--only", name, "--work", str(work)]
-        for flag, v in (("--steps", args.steps), ("--stage1-steps", args.stage1_steps)):
-            if v is not None:
-                cmd += [flag, str(v)]
-        subprocess.run(cmd, check=True)
-        summarize(work, out_dir)
+    extra = ["--data-dir", args.data_dir]
+    for flag, v in (("--steps", args.steps), ("--stage1-steps", args.stage1_steps)):
+        if v is not None:
+            extra += [flag, str(v)]
+    run_pipelines(__file__, PIPELINES, work, extra, lambda: summarize(work, out_dir))
     print(summarize(work, out_dir).read_text())
 
 
