@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from _runner import load_rows, run_pipelines
+from dress_smollm2 import PROTOCOL as DRESS_PROTOCOL
 
 HERE = Path(__file__).resolve().parent
 # "@seedN": the same pipeline with the mask samples and the batch order seeded by N (same windows).
@@ -54,11 +55,10 @@ PROTOCOL = {
                   "prompt": "compresso-prompt: regprune.data.instructions.COLLABORATIVE_PROMPT in front of each "
                             "window (text tail cut to keep 512 tokens, no loss on the prompt); compresso-noprompt: "
                             "the same windows without it"},
+    # The recovery settings are DReSS's own (imported), so the +rft rows of both benchmarks match by construction.
     "recovery": {"rows": "compresso-prompt+rft: the compresso-prompt non-uniform model, then LoRA recovery exactly as "
                          "dress-l2+rft in dress_smollm2_r25 (the last 32 calibration windows, 3 of them held out for "
-                         "early stopping)",
-                 "lora_r": 32, "lora_alpha": 10, "lr": 2e-4, "epochs": 2, "patience": 5, "min_delta": 1e-4,
-                 "batch": "4 x 512 tokens"},
+                         "early stopping)", **DRESS_PROTOCOL["recovery"]},
     "speed": "regprune.eval.speed.measure_speed against dense in the same process: prompt 512 tokens, "
              "generation 8 x 64 new tokens (greedy, KV cache), 1 warm-up, 3 repeats interleaved, medians",
     "hardware": "2 CPU cores, torch CPU build, fp32",
@@ -74,7 +74,10 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
     from regprune.train.loop import TrainConfig
 
     t0 = time.perf_counter()
-    loaded = regprune.load_model("smollm2-135m")
+    pipeline = name.removesuffix("+rft")
+    # +rft starts from a model saved by an earlier pipeline (with its tokenizer); the others from dense.
+    loaded = regprune.load_model(str(out.parent / "models" / f"{pipeline}-nonuniform") if name.endswith("+rft")
+                                 else "smollm2-135m")
 
     def ppl(model) -> dict:
         r = evaluate(model, loaded.tokenizer, ppl=["wikitext2", "c4"], seq_len=512, max_windows=max_windows,
@@ -82,22 +85,24 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
         return {k: {"ppl": v["ppl"], "protocol": v["protocol"], "seconds": v["seconds"]}
                 for k, v in r["perplexity"].items()}
 
+    def calibration():
+        return regprune.build_calibration(loaded.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512,
+                                          seed=0, data_dir=data_dir, eval_sources=["wikitext2:test", "c4:validation"])
+
     results = {}
     if name.endswith("+rft"):
         from regprune.train import RecoveryConfig
         from regprune.train.lora import recover_with_lora
 
-        base = f"{name[:-len('+rft')]}-nonuniform"
-        model = regprune.load_model(str(out.parent / "models" / base)).model
-        calib = regprune.build_calibration(loaded.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512,
-                                           seed=0, data_dir=data_dir, eval_sources=["wikitext2:test", "c4:validation"])
+        base = f"{pipeline}-nonuniform"
+        model, calib = loaded.model, calibration()
         r = PROTOCOL["recovery"]
         t1 = time.perf_counter()
         rec_model, rec = recover_with_lora(model, calib.recovery, RecoveryConfig(
             r=r["lora_r"], alpha=r["lora_alpha"], patience=r["patience"], min_delta=r["min_delta"],
             train=TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=4)))
         rec_seconds = time.perf_counter() - t1
-        first = json.loads((out.parent / f"{name[:-len('+rft')]}.json").read_text())[base]
+        first = json.loads((out.parent / f"{pipeline}.json").read_text())[base]
         results[f"{base}+rft"] = {"parameters": count_parameters(rec_model), "recovery_seconds": rec_seconds,
                                   "wall_seconds": first["wall_seconds"] + rec_seconds,
                                   "recovery": {k: v for k, v in rec.items() if k != "history"},
@@ -106,8 +111,7 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
         results[name] = {"parameters": count_parameters(loaded.model), "wall_seconds": time.perf_counter() - t0,
                          "perplexity": ppl(loaded.model)}
     else:
-        calib = regprune.build_calibration(loaded.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512,
-                                           seed=0, data_dir=data_dir, eval_sources=["wikitext2:test", "c4:validation"])
+        calib = calibration()
         base, _, seed = name.partition("@seed")
         seed = int(seed or 0)
         suffix = f"-seed{seed}" if seed else ""

@@ -125,7 +125,8 @@ def summarize(work: Path, out_dir: Path) -> Path:
         s = rows["speed"]["models"]["trsp"]
         note = f"; {rows['speed']['note']}" if rows["speed"].get("note") else ""  # a caveat added after the run
         lines += ["", f"Speed vs dense (same process, interleaved{note}): prompt {s['speedup_prompt']:.2f}x, "
-                  f"generation {s['speedup_generation']:.2f}x; linear-layer FLOP ratio {rows['speed']['linear_flop_ratio']:.3f} "
+                  f"generation {s['speedup_generation']:.2f}x; "
+                  f"linear-layer FLOP ratio {rows['speed']['linear_flop_ratio']:.3f} "
                   f"(ideal {1 / rows['speed']['linear_flop_ratio']:.2f}x); checkpoint {s['checkpoint_bytes']:,} bytes."]
     lines += ["", "Protocol:"] + [f"- {k}: {v}" for k, v in PROTOCOL.items()]
     lines.append("- wall time: from model load to the pruned model (TRSP) excluding perplexity evaluation; "
