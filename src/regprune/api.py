@@ -23,6 +23,7 @@ from .errors import RegpruneError
 from .methods import CalibrationData, get_method
 from .models.load import LoadedModel, load_model
 from .models.save import check_output_dir, save_model
+from .validate import check_config_types, check_number, check_value_type, field_types
 from .record import count_parameters, peak_rss_bytes, versions
 from .train.lora import RecoveryConfig, recover_with_lora
 
@@ -42,9 +43,10 @@ class PruneResult:
 def build_calibration(tokenizer, source: str | TextSource = "wikitext2:validation", *, num_samples: int = 128,
                       seq_len: int = 512, seed: int = 0, regularize_fraction: float = 0.75, data_dir=None,
                       eval_sources: list[str | TextSource] = ()) -> CalibrationData:
+    check_calibration_sizes(num_samples, seq_len, regularize_fraction)
     src = parse_source(source) if isinstance(source, str) else source
     evals = [parse_source(e) if isinstance(e, str) else e for e in eval_sources]
-    check_calibration_source(src, evals)
+    check_calibration_source(src, evals, data_dir)
     if src.name == "file" and is_instruction_file(src.path):
         reg, rec, protocol = instruction_windows(tokenizer, src.path, num_samples=num_samples, seq_len=seq_len,
                                                  seed=seed, regularize_fraction=regularize_fraction)
@@ -57,6 +59,22 @@ def build_calibration(tokenizer, source: str | TextSource = "wikitext2:validatio
                 "text_tokens": len(ids), "regularize_windows": len(reg), "recovery_windows": len(rec),
                 "split": f"first {len(reg)} samples regularize, last {len(rec)} recover"}
     return CalibrationData(reg, rec, protocol, tokenizer)
+
+
+def check_calibration_sizes(num_samples, seq_len, regularize_fraction: float = 0.75,
+                            recovery: bool = False) -> None:
+    """Window counts and lengths that the pipeline can use (RegpruneError naming the option otherwise)."""
+    try:
+        check_number("--num-samples", num_samples, integer=True, minimum=1)
+        check_number("--seq-len", seq_len, integer=True, minimum=2, hint=" (a window needs 2 tokens to predict one)")
+    except ValueError as e:
+        raise RegpruneError(f"calibration: {e}") from None
+    n_reg = max(1, round(num_samples * regularize_fraction))
+    if recovery and num_samples - n_reg < 2:
+        raise RegpruneError(
+            f"--recover needs at least 2 recovery windows (one is held out for early stopping), but "
+            f"--num-samples {num_samples} leaves {num_samples - n_reg} after the {n_reg} regularization windows; "
+            f"use --num-samples {max(8, num_samples * 2)} or more")
 
 
 def _make_config(method, config, overrides: dict):
@@ -72,10 +90,31 @@ def _make_config(method, config, overrides: dict):
         # A name both levels have (seed) goes to both: the channel choice and the training run.
         own = {k: v for k, v in overrides.items() if k in own_fields and k != "train"}
         train = {k: v for k, v in overrides.items() if k in train_fields}
+        # Types first, so that a string where a number belongs is named, not a TypeError from __post_init__.
+        own_types = field_types(cls)
+        for k, v in own.items():
+            check_value_type(k, v, own_types.get(k))
+        if train:
+            train_types = field_types(type(config.train))
+            for k, v in train.items():
+                check_value_type(k, v, train_types.get(k))
         config = dataclasses.replace(config, **own)
         if train:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+    check_config_types(config)
     return config
+
+
+def check_model_for_method(method: str, model_config, config) -> None:
+    """The method x architecture check, from the model's config alone (RegpruneError with the reason)."""
+    try:
+        get_method(method).check_model(model_config, config)
+    except RegpruneError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise RegpruneError(f"method {method!r} on this model ({getattr(model_config, 'model_type', '?')}, "
+                            f"{getattr(model_config, 'num_hidden_layers', '?')} layers, hidden "
+                            f"{getattr(model_config, 'hidden_size', '?')}): {e}") from None
 
 
 def check_method_options(method: str, options: dict):
@@ -116,10 +155,16 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         cfg = _make_config(m, config, options)
     except (TypeError, ValueError) as e:
         raise RegpruneError(f"method {method!r}: {e}") from None
+    check_model_for_method(method, model.config, cfg)
+    if recovery is not None:
+        check_calibration_sizes(num_samples, seq_len, recovery=True)
     calib_data = build_calibration(tokenizer, calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                    data_dir=data_dir, eval_sources=eval_sources)
     log.info("calibration: %s, %d windows x %d tokens (%d regularize, %d recovery)", calib_data.protocol["source"],
              num_samples, seq_len, len(calib_data.regularize), len(calib_data.recovery))
+    if recovery is not None and len(calib_data.recovery) < 2:  # instruction files split by examples
+        raise RegpruneError(f"--recover needs at least 2 recovery windows; the calibration data gave "
+                            f"{len(calib_data.recovery)}: give more samples or a larger file")
     params_before = count_parameters(model)
     model.config.use_cache = True
     log.info("method %s: %s", method, cfg)

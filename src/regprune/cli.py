@@ -137,40 +137,41 @@ def build_parser() -> argparse.ArgumentParser:
 def _prune(args) -> int:
     from . import api
     from .models.load import load_model
-    from .data.sources import parse_eval_source
-    from .models.save import check_output_dir, write_record
-    from .train.lora import RecoveryConfig
-    from .train.loop import TrainConfig
+    from .models.save import save_model
+    from .preflight import check_prune
 
-    out = check_output_dir(args.output)  # fail before any work
-    if args.ratio is not None and not 0.0 < args.ratio < 1.0:
-        raise RegpruneError(f"pruning ratio must be in (0, 1), got {args.ratio}")
-    eval_sources = [parse_eval_source(s) for s in args.eval_ppl]
-    opts = _method_options(args)
-    api.check_method_options(args.method, opts)  # fail before loading anything
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    recovery = None
-    if args.recover:
-        recovery = RecoveryConfig(r=args.lora_r, alpha=args.lora_alpha, patience=args.patience,
-                                  train=TrainConfig(lr=args.recovery_lr, steps=args.recovery_steps,
-                                                    epochs=None if args.recovery_steps else args.recovery_epochs,
-                                                    batch_size=args.batch_size or 4, seed=args.seed))
-    dense_metrics = None
-    if args.compare_dense and eval_sources:
-        dense_metrics = _ppl(loaded.model, loaded.tokenizer, eval_sources, args)
-    res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=args.num_samples,
-                    seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=recovery,
-                    eval_sources=eval_sources, inplace=True, **opts)
-    del loaded
-    rec = res.record
-    print(f"pruned: {rec['parameters_before']:,} -> {rec['parameters_after']:,} parameters "
-          f"({rec['parameter_ratio']:.3f}), method {args.method} in {rec['timing']['method_seconds']:.0f}s")
-    path = res.save(out)
-    if eval_sources:
-        rec["metrics"]["pruned"] = _ppl(res.model, res.tokenizer, eval_sources, args)
-        if dense_metrics is not None:
-            rec["metrics"]["dense"] = dense_metrics
-        write_record(path, rec)
+    plan = check_prune(args, _method_options(args))  # everything checked before any weight is loaded
+    try:
+        for note in plan.notes:
+            log.warning(note)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        dense_metrics = None
+        if args.compare_dense and plan.eval_sources:
+            dense_metrics = _ppl(loaded.model, loaded.tokenizer, plan.eval_sources, args)
+        res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=args.num_samples,
+                        seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=plan.recovery,
+                        eval_sources=plan.eval_sources, inplace=True, **plan.options)
+        del loaded
+        rec = res.record
+        print(f"pruned: {rec['parameters_before']:,} -> {rec['parameters_after']:,} parameters "
+              f"({rec['parameter_ratio']:.3f}), method {args.method} in {rec['timing']['method_seconds']:.0f}s")
+        eval_error = None
+        if plan.eval_sources:  # measured before saving, so that the record is complete when it appears
+            try:
+                rec["metrics"]["pruned"] = _ppl(res.model, res.tokenizer, plan.eval_sources, args)
+            except (RegpruneError, ValueError) as e:
+                eval_error = e
+                rec["metrics_error"] = f"{e.__class__.__name__}: {e}"
+            if dense_metrics is not None:
+                rec["metrics"]["dense"] = dense_metrics
+        path = save_model(res.model, res.tokenizer, plan.output, rec, lock=plan.lock)
+    finally:
+        plan.lock.release()
+    if eval_error is not None:
+        print(f"regprune: error: the pruned model was saved to {path}, but its evaluation failed: {eval_error}. "
+              f"Evaluate it with `regprune eval {path} --ppl ...`.", file=sys.stderr)
+        return 2
+    if rec["metrics"]:
         _print_table(rec["metrics"])
     print(f"saved to {path} (reload with AutoModelForCausalLM.from_pretrained)")
     return 0
@@ -180,10 +181,13 @@ METHOD_FLAGS = ("ratio", "layers", "selection", "multiple_of", "norm", "lam", "m
                 "grad_accum", "warmup_steps", "gradient_checkpointing")
 
 
-def _parse_value(text: str):
+def _parse_value(key: str, text: str):
     try:
         return json.loads(text)
-    except ValueError:
+    except ValueError as e:
+        if text[:1] in ("{", "[", '"'):  # meant as JSON: an object, a list or a quoted string
+            raise RegpruneError(f"-O {key}={text}: not a valid value ({e}); numbers are written as 0.5, "
+                                "true/false and null as such, a word as it is (-O rotation=shared)") from None
         return text  # a bare word: a string option
 
 
@@ -198,7 +202,7 @@ def _method_options(args) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise RegpruneError(f"-O expects KEY=VALUE, got {item!r}")
-        opts[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        opts[key.strip().replace("-", "_")] = _parse_value(key.strip(), value.strip())
     return opts
 
 
@@ -223,12 +227,13 @@ def _print_table(metrics: dict) -> None:
 
 
 def _eval(args) -> int:
-    from .data.sources import parse_eval_source
     from .eval.suite import format_markdown, run_eval
     from .eval.zeroshot import PAPER_TASKS
+    from .io import atomic_write_json, atomic_write_text
     from .models.load import load_model
+    from .preflight import check_eval
 
-    sources = [parse_eval_source(s) for s in args.ppl if s != "none"]  # parse (and fail) before loading anything
+    sources = check_eval(args)  # every option, the model's files and the output, before loading anything
     tasks = [t for name in args.tasks for t in (PAPER_TASKS if name == "paper" else [name])]
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     ref = load_model(args.compare_to, dtype=args.dtype, device=args.device) if args.compare_to else None
@@ -249,8 +254,8 @@ def _eval(args) -> int:
         Path(args.model) / "eval.json" if (Path(args.model) / "regprune.json").is_file() else None)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
+        atomic_write_json(out, result)
+        atomic_write_text(out.with_suffix(".md"), table)
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

@@ -45,6 +45,7 @@ def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 24, data_
     from . import api
     from .eval.perplexity import evaluate_perplexity
     from .models.load import load_model
+    from .io import atomic_write_json, atomic_write_text
     from .models.save import check_output_dir
     from .record import count_parameters, versions
 
@@ -81,7 +82,7 @@ def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 24, data_
         "results": {k: {"parameters": v["params"], "ppl": v["eval"]["ppl"]} for k, v in rows.items()},
         "seconds": round(time.perf_counter() - t0, 1), "versions": versions(), "pruned_model": model_dir,
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(run_dir / "results.json", summary)
     dense_ppl = rows["dense"]["eval"]["ppl"]
     lines = [f"| model | parameters | perplexity ({evalsrc}) | vs dense |", "|---|---:|---:|---:|"]
     for k, v in rows.items():
@@ -93,7 +94,7 @@ def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 24, data_
                  f"tokens of {calib} (seed 0), 48 used for regularization. Data: {why}. "
                  f"Total time {summary['seconds']:.0f}s.")
     table = "\n".join(lines)
-    (run_dir / "results.md").write_text(table + "\n")
+    atomic_write_text(run_dir / "results.md", table + "\n")
     print()
     print(table)
     print(f"\n[demo] pruned model: {model_dir} (plain AutoModelForCausalLM.from_pretrained loads it)")

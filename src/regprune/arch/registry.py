@@ -102,7 +102,7 @@ def get_arch(config_or_model) -> ArchSpec:
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
         raise UnsupportedArchitecture(
-            f"model_type {model_type!r} is not supported for hidden-channel pruning yet. "
+            f"model_type {model_type!r} is not supported yet. "
             f"Supported: {', '.join(supported_model_types())}. "
             "Adding one is an ArchSpec entry in regprune/arch/registry.py."
         )

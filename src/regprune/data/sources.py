@@ -100,14 +100,27 @@ def builtin_text(split: str) -> str:
 
 
 def _read_rows(path: Path) -> list[str]:
+    try:
+        return _read_rows_unchecked(path)
+    except UnicodeDecodeError as e:
+        raise DataUnavailable(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8") from None
+    except OSError as e:
+        raise DataUnavailable(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+def _read_rows_unchecked(path: Path) -> list[str]:
     if path.suffix == ".jsonl":
         rows = []
         with path.open(encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if line.strip():
-                    obj = json.loads(line)
-                    if "text" not in obj:
-                        raise DataUnavailable(f"{path}:{i + 1}: JSONL rows need a 'text' field")
+                    try:
+                        obj = json.loads(line)
+                    except ValueError as e:
+                        raise DataUnavailable(f"{path}:{i + 1}: not valid JSON ({e}); every line of a .jsonl "
+                                              "file is one JSON object with a 'text' field") from None
+                    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                        raise DataUnavailable(f"{path}:{i + 1}: JSONL rows need a string 'text' field")
                     rows.append(obj["text"])
         return rows
     with path.open(encoding="utf-8") as f:
@@ -160,10 +173,50 @@ def load_text(src: TextSource | str, data_dir: str | os.PathLike | None = None) 
     return _join(src.name, _hub_rows(src))
 
 
-def check_calibration_source(calib: TextSource, eval_sources: list[TextSource] = ()) -> None:
+def source_file(src: TextSource, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The file a source is read from (a file source, or a named split in the data directory); None for the
+    hub and the built-in text."""
+    if src.name == "file":
+        return Path(src.path)
+    rel = _OFFLINE_FILES.get((src.name, src.split))
+    try:
+        root = resolve_data_dir(data_dir)
+    except DataUnavailable:
+        return None
+    return root / rel if root is not None and rel is not None else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if not (a.is_file() and b.is_file()):
+        return False
+    if os.path.samefile(a, b):
+        return True
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    import hashlib
+
+    return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+
+
+def check_calibration_source(calib: TextSource, eval_sources: list[TextSource] = (), data_dir=None) -> None:
+    """Refuse calibration text that is (or is a copy of) an evaluation split or one of `eval_sources`,
+    compared by split and by resolved file (same file, or the same bytes)."""
+    why = None
     if calib.is_eval_split or any(calib == e for e in eval_sources):
+        why = "it is an evaluation split"
+    else:
+        c_file = source_file(calib, data_dir)
+        if c_file is not None:
+            if c_file.name in {Path(rel).name for key, rel in _OFFLINE_FILES.items() if key in EVAL_SPLITS}:
+                why = f"{c_file.name} is the file of an evaluation split"
+            others = [(e, source_file(e, data_dir)) for e in eval_sources] + [
+                (TextSource(n, s), source_file(TextSource(n, s), data_dir)) for n, s in sorted(EVAL_SPLITS)]
+            for e, f in others:
+                if why is None and f is not None and _same_file(c_file, f):
+                    why = f"it is the text of {e} ({f})"
+    if why:
         raise RegpruneError(
-            f"refusing to calibrate on {calib}: it is an evaluation split, so the perplexity measured on it "
-            "would be contaminated. Calibrate on wikitext2:validation, c4:train, builtin:calibration or your "
-            "own file."
+            f"refusing to calibrate on {calib}: {why}, so the perplexity measured on it would be contaminated. "
+            "Calibrate on wikitext2:validation, c4:train, builtin:calibration or your own file (not a copy of "
+            "an evaluation text)."
         )

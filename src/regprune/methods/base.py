@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import RegpruneError
+from ..errors import RegpruneError, UnsupportedArchitecture
 
 
 @dataclass
@@ -31,6 +31,20 @@ class PruningMethod:
 
     def run(self, model, calib: CalibrationData, config) -> MethodResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def check_model(self, model_config, config) -> None:
+        """Refuse, from the model's config alone (before any weight is loaded), a model this method cannot
+        prune with this config. Raises UnsupportedArchitecture or ValueError with the reason."""
+        from ..arch import get_arch, supported_model_types
+
+        try:
+            get_arch(model_config)
+        except UnsupportedArchitecture:
+            known = [t for t in supported_model_types() if not t.startswith("regprune_")]
+            raise UnsupportedArchitecture(
+                f"method {self.name!r}: model_type {getattr(model_config, 'model_type', None)!r} is not supported; "
+                f"regprune knows the layout of {', '.join(known)} (adding one is an ArchSpec entry in "
+                "regprune/arch/registry.py)") from None
 
 
 _METHODS: dict[str, PruningMethod] = {}

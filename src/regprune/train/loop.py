@@ -31,6 +31,21 @@ class TrainConfig:
     seed: int = 0
     gradient_checkpointing: bool = False
 
+    def __post_init__(self):
+        from ..validate import check_number
+
+        check_number("lr", self.lr, minimum=0.0, strict=True)
+        check_number("steps", self.steps, integer=True, minimum=1, optional=True)
+        check_number("epochs", self.epochs, minimum=0.0, strict=True, optional=True)
+        check_number("batch_size", self.batch_size, integer=True, minimum=1)
+        check_number("grad_accum", self.grad_accum, integer=True, minimum=1)
+        check_number("warmup_steps", self.warmup_steps, integer=True, minimum=0)
+        check_number("weight_decay", self.weight_decay, minimum=0.0)
+        check_number("max_grad_norm", self.max_grad_norm, minimum=0.0, strict=True, optional=True)
+        check_number("seed", self.seed, integer=True)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+
     def total_steps(self, n_windows: int) -> int:
         if self.steps is not None:
             steps = self.steps

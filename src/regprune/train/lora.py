@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..arch import get_arch
+from ..validate import check_number
 from .loop import TrainConfig, lm_loss, train_loop
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,15 @@ class RecoveryConfig:
     eval_every: int = 1
     patience: int = 5
     min_delta: float = 1e-4
+
+    def __post_init__(self):
+        check_number("lora_r", self.r, integer=True, minimum=1)
+        check_number("lora_alpha", self.alpha, minimum=0.0, strict=True)
+        check_number("lora dropout", self.dropout, minimum=0.0, maximum=1.0, strict_max=True)
+        check_number("eval_fraction", self.eval_fraction, minimum=0.0, maximum=1.0, strict=True, strict_max=True)
+        check_number("eval_every", self.eval_every, integer=True, minimum=1)
+        check_number("patience", self.patience, integer=True, minimum=1)
+        check_number("min_delta", self.min_delta, minimum=0.0)
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...validate import check_number
+
 
 @dataclass
 class BlockRemovalConfig:
@@ -21,10 +23,10 @@ class BlockRemovalConfig:
             if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers <= 0:
                 raise ValueError(f"layers must be a positive number of blocks to remove, got {self.layers!r}")
             self.ratio = None  # layers=K wins; the record then shows what was used
-        elif self.ratio is None or not 0.0 < float(self.ratio) < 1.0:
+        elif self.ratio is None or isinstance(self.ratio, (bool, str)) or not 0.0 < float(self.ratio) < 1.0:
             raise ValueError(f"give layers=K (blocks to remove) or a ratio in (0, 1), got ratio={self.ratio!r}")
-        if self.num_windows <= 0 or self.batch_size <= 0:
-            raise ValueError("num_windows and batch_size must be positive")
+        check_number("num_windows", self.num_windows, integer=True, minimum=1)
+        check_number("batch_size", self.batch_size, integer=True, minimum=1)
 
     def num_layers_removed(self, n_layers: int) -> int:
         k = self.layers if self.layers is not None else round(float(self.ratio) * n_layers)

@@ -38,8 +38,16 @@ def sleb_scores(model, batches: list[torch.Tensor]) -> list[float]:
     return [math.exp(x / tokens) for x in nll]
 
 
+class BlockRemovalMethod(PruningMethod):
+    """A method that removes whole blocks: the number removed must leave at least one."""
+
+    def check_model(self, model_config, config) -> None:
+        super().check_model(model_config, config)
+        config.num_layers_removed(model_config.num_hidden_layers)
+
+
 @register_method
-class SlebMethod(PruningMethod):
+class SlebMethod(BlockRemovalMethod):
     name = "sleb"
     config_cls = SlebConfig
 
@@ -79,7 +87,7 @@ def block_influence(model, batches: list[torch.Tensor]) -> list[float]:
 
 
 @register_method
-class ShortGptMethod(PruningMethod):
+class ShortGptMethod(BlockRemovalMethod):
     name = "shortgpt"
     config_cls = ShortGptConfig
 

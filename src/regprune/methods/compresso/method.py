@@ -15,6 +15,8 @@ import logging
 import torch
 
 from ...data.instructions import COLLABORATIVE_PROMPT, pack_examples, prefix_windows, training_examples
+from ...arch import get_arch
+from ...errors import UnsupportedArchitecture
 from ...record import count_parameters
 from ...surgery import slice_hidden_channels
 from ...surgery.heads_ffn import prune_heads_and_ffn
@@ -125,6 +127,14 @@ def finalize(model, masks: CompressoMasks, cfg: CompressoConfig, uniform: bool, 
 class CompressoMethod(PruningMethod):
     name = "compresso"
     config_cls = CompressoConfig
+
+    def check_model(self, model_config, config) -> None:
+        super().check_model(model_config, config)
+        spec = get_arch(model_config)
+        if spec.attention is None or spec.ffn is None:
+            raise UnsupportedArchitecture(
+                f"method 'compresso' cannot prune model_type {model_config.model_type!r}: its attention or FFN "
+                "projections are fused into one Linear, and Compresso masks heads and FFN channels separately")
 
     def run(self, model, calib: CalibrationData, config: CompressoConfig) -> MethodResult:
         merged, masks, history, info = train_masks(model, calib, config)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...train.loop import TrainConfig
+from ...validate import check_number
 
 
 @dataclass
@@ -15,8 +16,11 @@ class SliceConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 < float(self.ratio) < 1.0:
-            raise ValueError(f"pruning ratio must be in (0, 1), got {self.ratio}")
+        check_number("ratio", self.ratio, minimum=0.0, maximum=1.0, strict=True, strict_max=True)
+        if self.selection not in ("activation", "weight", "last", "random"):
+            raise ValueError(f"selection must be activation, weight, last or random, got {self.selection!r}")
+        check_number("multiple_of", self.multiple_of, integer=True, minimum=1)
+        check_number("seed", self.seed, integer=True)
 
 
 @dataclass
@@ -52,5 +56,4 @@ class DressConfig(SliceConfig):
             raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
         if self.mode not in ("prox", "loss"):
             raise ValueError(f"mode must be 'prox' or 'loss', got {self.mode!r}")
-        if self.lam < 0:
-            raise ValueError(f"lambda must be >= 0, got {self.lam}")
+        check_number("lam", self.lam, minimum=0.0)

@@ -37,6 +37,10 @@ class SliceMethod(PruningMethod):
         removed, info = _choose(model, calib, config)
         return MethodResult(slice_hidden_channels(model, removed, inplace=True), info)
 
+    def check_model(self, model_config, config) -> None:
+        super().check_model(model_config, config)
+        num_removed(model_config.hidden_size, config.ratio, config.multiple_of, model_config)
+
 
 def lr_budget(cfg, steps: int) -> float:
     """Sum over steps of lr_t / lr for linear warm-up then constant."""
@@ -45,7 +49,7 @@ def lr_budget(cfg, steps: int) -> float:
 
 
 @register_method
-class DressMethod(PruningMethod):
+class DressMethod(SliceMethod):
     name = "dress"
     config_cls = DressConfig
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...validate import check_number
+
 
 @dataclass
 class SliceGptConfig:
@@ -23,7 +25,8 @@ class SliceGptConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 < float(self.ratio) < 1.0:
-            raise ValueError(f"pruning ratio must be in (0, 1), got {self.ratio}")
+        check_number("ratio", self.ratio, minimum=0.0, maximum=1.0, strict=True, strict_max=True)
+        check_number("multiple_of", self.multiple_of, integer=True, minimum=1)
+        check_number("num_windows", self.num_windows, integer=True, minimum=1, optional=True)
         if self.rotation not in ("per-layer", "shared"):
             raise ValueError(f"rotation must be 'per-layer' or 'shared', got {self.rotation!r}")

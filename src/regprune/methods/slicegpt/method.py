@@ -177,6 +177,11 @@ class SliceGptMethod(PruningMethod):
     name = "slicegpt"
     config_cls = SliceGptConfig
 
+    def check_model(self, model_config, config) -> None:
+        super().check_model(model_config, config)
+        _groups(get_arch(model_config))
+        num_removed(model_config.hidden_size, config.ratio, config.multiple_of, model_config)
+
     def run(self, model, calib: CalibrationData, config: SliceGptConfig) -> MethodResult:
         model.eval()
         d = model.config.hidden_size

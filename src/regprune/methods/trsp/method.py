@@ -8,7 +8,8 @@ import torch
 
 from ...surgery.layers import get_layers, remove_layers
 from ...train.loop import train_loop
-from ..base import CalibrationData, MethodResult, PruningMethod, register_method
+from ..base import CalibrationData, MethodResult, register_method
+from ..blocks.method import BlockRemovalMethod
 from .config import TrspConfig
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def make_near_identity(model, windows: torch.Tensor, cfg: TrspConfig, blocks: li
 
 
 @register_method
-class TrspMethod(PruningMethod):
+class TrspMethod(BlockRemovalMethod):
     name = "trsp"
     config_cls = TrspConfig
 
