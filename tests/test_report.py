@@ -12,7 +12,7 @@ import regprune
 from regprune.api import evaluate
 from regprune.errors import RegpruneError
 from regprune.report import write_report
-from regprune.report.markdown import fmt_acc, fmt_ppl
+from regprune.formatting import fmt_acc, fmt_ppl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -6,6 +6,8 @@ The config is a sweep config (see `regprune.sweep`; variants such as `wanda-2of4
 is the layout: one row per (method, ratio), the dense model first, parameters as counted and as a
 fraction of the dense model, and the speed ratios measured against the dense model in the same run.
 What a ratio means depends on the method (hidden channels, blocks, or weights); the notes say so.
+The output is locked from the first cell to compare.md (a second `sweep` / `compare` on it is refused at
+once) and every file is written atomically; the tables are formatted by `regprune.formatting`.
 
     regprune compare compare.toml      # runs what is missing, writes <output>/compare.{json,md}
 """
@@ -14,7 +16,11 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .sweep import DENSE, _fmt_acc, _fmt_ppl, _write_json, finished_cells, protocol_notes, run_sweep
+from .errors import RegpruneError
+from .formatting import fmt_acc, fmt_millions, fmt_pct, fmt_ppl, fmt_speedup, kv_text, or_missing, table_with_notes
+from .io import atomic_write_json, atomic_write_text
+from .sweep import DENSE, finished_cells, protocol_notes
+from .sweep.runner import _as_config, _run_sweep, output_lock
 
 RATIO_MEANING = {
     "dress": "hidden channels", "slice": "hidden channels", "slicegpt": "hidden (embedding) dimensions",
@@ -71,10 +77,6 @@ def compare_rows(output_dir) -> tuple[list[dict], dict]:
     return rows, context
 
 
-def _fx(v) -> str:
-    return "—" if v is None else f"{v:.2f}×"
-
-
 def compare_markdown(rows: list[dict], context: dict) -> str:
     sources, tasks = context["sources"], context["tasks"]
     has_speed = any(r.get("speed") for r in rows)
@@ -82,22 +84,21 @@ def compare_markdown(rows: list[dict], context: dict) -> str:
     head = ["method", "ratio", "params (M)", "% dense"] + (["nonzero %"] if has_nonzero else []) \
         + [f"PPL {s} ↓" for s in sources] + [f"{t} ↑" for t in tasks] + (["mean acc ↑"] if tasks else []) \
         + (["prompt ×", "generation ×", "linear ideal ×"] if has_speed else [])
-    lines = ["| " + " | ".join(head) + " |", "| :--- | ---: | " + " | ".join("---:" for _ in head[2:]) + " |"]
+    body = []
     for r in rows:
-        cells = [r["label"], "—" if r["ratio"] is None else f"{r['ratio']:g}",
-                 "—" if r["parameters"] is None else f"{r['parameters'] / 1e6:.1f}",
-                 f"{100 * r.get('parameter_fraction', float('nan')):.1f}"]
+        cells = [r["label"], or_missing(r["ratio"], lambda v: f"{v:g}"), fmt_millions(r["parameters"]),
+                 fmt_pct(r.get("parameter_fraction", float("nan")))]
         if has_nonzero:
-            cells.append(f"{100 * r.get('nonzero_fraction', float('nan')):.1f}")
-        cells += ["—" if r["perplexity"].get(s) is None else _fmt_ppl(r["perplexity"][s]) for s in sources]
-        cells += ["—" if r["zeroshot"].get(t) is None else _fmt_acc(r["zeroshot"][t]) for t in tasks]
+            cells.append(fmt_pct(r.get("nonzero_fraction", float("nan"))))
+        cells += [or_missing(r["perplexity"].get(s), fmt_ppl) for s in sources]
+        cells += [or_missing(r["zeroshot"].get(t), fmt_acc) for t in tasks]
         if tasks:
-            cells.append("—" if r["mean_acc"] is None else _fmt_acc(r["mean_acc"]))
+            cells.append(or_missing(r["mean_acc"], fmt_acc))
         if has_speed:
             sp = r.get("speed") or {}
-            cells += [_fx(sp.get("prompt_speedup")), _fx(sp.get("generation_speedup")),
-                      _fx(sp.get("ideal_linear_speedup"))] if r["label"] != DENSE else ["1.00×", "1.00×", "1.00×"]
-        lines.append("| " + " | ".join(cells) + " |")
+            cells += [fmt_speedup(sp.get(k)) for k in ("prompt_speedup", "generation_speedup", "ideal_linear_speedup")
+                      ] if r["label"] != DENSE else [fmt_speedup(1.0)] * 3
+        body.append(cells)
     notes = []
     meaning = {}
     for r in rows:
@@ -111,29 +112,37 @@ def compare_markdown(rows: list[dict], context: dict) -> str:
     if has_speed:
         sp = context.get("speed_protocol") or {}
         notes.append("Speed = dense time / pruned time, each pruned model timed interleaved with the dense model "
-                     "in the same process: " + "; ".join(f"{k}={v}" for k, v in sorted(sp.items())) + ". "
+                     "in the same process: " + kv_text(sp) + ". "
                      "Linear ideal = dense / pruned multiply-adds of the Linear layers (LM head included).")
     notes += context["notes"]
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return table_with_notes(head, body, notes)
 
 
-def write_compare(output_dir) -> dict:
-    rows, context = compare_rows(output_dir)
-    out = Path(output_dir)
+def _write_compare(out: Path) -> dict:
+    rows, context = compare_rows(out)
     md = compare_markdown(rows, context)
-    _write_json(out / "compare.json", {"rows": rows, "sources": context["sources"], "tasks": context["tasks"],
-                                       "notes": context["notes"], "speed_protocol": context["speed_protocol"],
-                                       "config": context["config"]})
-    tmp = out / ".compare.md.tmp"
+    atomic_write_json(out / "compare.json", {"rows": rows, "sources": context["sources"], "tasks": context["tasks"],
+                                             "notes": context["notes"], "speed_protocol": context["speed_protocol"],
+                                             "config": context["config"]})
     model = (context["config"] or {}).get("model", "?")
-    tmp.write_text(f"# Comparison on {model}\n\n" + md)
-    tmp.replace(out / "compare.md")
+    atomic_write_text(out / "compare.md", f"# Comparison on {model}\n\n" + md)
     return {"rows": rows, "markdown": md}
 
 
-def run_compare(config, *, resume: bool = True) -> dict:
-    """Run (or resume) the comparison described by a sweep config and write compare.{json,md}."""
-    res = run_sweep(config, resume=resume)
-    table = write_compare(res["output"])
-    return {**res, "compare": table}
+def write_compare(output_dir) -> dict:
+    """Rewrite compare.{json,md} of a sweep output from its finished cells (holding the output's lock)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        raise RegpruneError(f"sweep output {out} not found")
+    with output_lock(out):
+        return _write_compare(out)
 
+
+def run_compare(config, *, resume: bool = True) -> dict:
+    """Run (or resume) the comparison described by a sweep config and write compare.{json,md}; the output is
+    locked from the first cell to the last file."""
+    cfg = _as_config(config)
+    with output_lock(cfg["output"]) as out:
+        res = _run_sweep(cfg, resume=resume)
+        table = _write_compare(out)
+    return {**res, "compare": table}

@@ -7,78 +7,22 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..formatting import fmt_acc, fmt_num, fmt_params, fmt_ppl, kv_text, md_table, ppl_protocol_text
 from ..record import flatten
 from .runs import DenseRow, Measurements, Metric, Run, _is_num
 
 # ---------------------------------------------------------------- formatting
 
 
-def fmt_ppl(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}"
-
-
-def fmt_acc(v: float) -> str:  # accuracies are stored as fractions, shown in percent
-    return f"{100 * v:.2f}"
-
-
-def fmt_num(v) -> str:
-    if isinstance(v, bool) or not _is_num(v):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if v == 0:
-        return "0"
-    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-
-
-def fmt_params(n: int | None, before: int | None = None) -> str:
-    if n is None:
-        return "—"
-    s = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
-    return s + (f" ({100 * n / before:.1f}%)" if before else "")
-
-
-def _cell(s) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
-
-
-def table(header: list[str], rows: list[list], align: list[str] | None = None) -> list[str]:
-    align = align or ["l"] + ["r"] * (len(header) - 1)
-    sep = ["---:" if a == "r" else ":---" for a in align]
-    out = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(sep) + " |"]
-    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return out
-
-
 def _canon(d: dict) -> str:
     return json.dumps(d, sort_keys=True, default=str)
-
-
-def describe_ppl_protocol(p: dict) -> str:
-    if not p:
-        return "protocol not recorded"
-    parts = []
-    if "windows" in p and "seq_len" in p:
-        s = f"{fmt_num(p['windows'])} windows × {fmt_num(p['seq_len'])} tokens"
-        if "windows_available" in p:
-            s += f" (of {fmt_num(p['windows_available'])} available)"
-        parts.append(s)
-    for k in ("window_placement", "tokenization", "text", "loss"):
-        if k in p:
-            parts.append(str(p[k]))
-    if "dataset_tokens" in p:
-        parts.append(f"{fmt_num(p['dataset_tokens'])} tokens in the text")
-    known = {"source", "windows", "seq_len", "windows_available", "window_placement", "tokenization", "text",
-             "loss", "dataset_tokens"}
-    parts += [f"{k}={fmt_num(v) if _is_num(v) else v}" for k, v in sorted(p.items()) if k not in known]
-    return "; ".join(parts)
 
 
 def describe_dict(p: dict) -> str:
     if not p:
         return "protocol not recorded"
-    return "; ".join(f"{k}={fmt_num(v) if _is_num(v) else json.dumps(v) if isinstance(v, (dict, list)) else v}"
-                     for k, v in sorted(p.items()))
+    return kv_text(p, value=lambda v: fmt_num(v) if _is_num(v) else json.dumps(v) if isinstance(v, (dict, list))
+                   else v)
 
 
 # ---------------------------------------------------------------- the results table
@@ -145,7 +89,7 @@ def results_table(runs: list[Run], dense: list[DenseRow], cols: list[Column]) ->
         ratio = f"{r.ratio:g}" if r.ratio is not None else "—"
         rows.append([r.name, r.label if r.kind == "pruned" else "(not pruned by regprune)", ratio,
                      fmt_params(r.parameters, r.parameters_before)] + [c.fmt(c.metric(r.measured)) for c in cols])
-    return table(header, rows, ["l", "l", "r", "r"] + ["r"] * len(cols))
+    return md_table(header, rows, ["l", "l", "r", "r"] + ["r"] * len(cols))
 
 
 def per_task_table(runs: list[Run], dense: list[DenseRow], kind: str, mean_kind: str | None = None) -> list[str]:
@@ -165,7 +109,7 @@ def per_task_table(runs: list[Run], dense: list[DenseRow], kind: str, mean_kind:
             mean = getattr(m, mean_kind)
             row.append(fmt_acc(mean.value) if mean is not None else "—")
         rows.append(row)
-    return table(["run"] + [f"{t} {kind} % ↑" for t in tasks] + (["mean % ↑"] if with_mean else []), rows)
+    return md_table(["run"] + [f"{t} {kind} % ↑" for t in tasks] + (["mean % ↑"] if with_mean else []), rows)
 
 
 def _speed_flat(d: dict, prefix: str = "") -> dict:
@@ -199,11 +143,11 @@ def speed_section(runs: list[Run], dense: list[DenseRow]) -> list[str]:
     keys = list(dict.fromkeys(k for _, f in flats for k in f))
     out = ["## Speed", ""]
     if keys and len(keys) > max(6, len(flats)):  # many quantities: one row per quantity
-        out += table(["quantity"] + [n for n, _ in flats],
+        out += md_table(["quantity"] + [n for n, _ in flats],
                      [[k] + [fmt_num(f[k]) if k in f else "—" for _, f in flats] for k in keys])
         out.append("")
     elif keys:
-        out += table(["run"] + keys, [[n] + [fmt_num(f[k]) if k in f else "—" for k in keys] for n, f in flats])
+        out += md_table(["run"] + keys, [[n] + [fmt_num(f[k]) if k in f else "—" for k in keys] for n, f in flats])
         out.append("")
     protos: dict[str, list[str]] = {}
     for n, s in items:
@@ -233,7 +177,7 @@ def magnitude_table(run: Run) -> list[str]:
         rows.append([mat, where, len(rs),
                      f"{statistics.fmean(sel):.4f} / {max(sel):.4f}" if sel else "—",
                      f"{statistics.fmean(kept):.4f} ({min(kept):.4f}–{max(kept):.4f})" if kept else "—"])
-    return table(["matrix", "layers", "tensors", "removed: mean / max of after÷before",
+    return md_table(["matrix", "layers", "tensors", "removed: mean / max of after÷before",
                   "kept: mean (min–max) of after÷before"], rows, ["l", "l", "r", "r", "r"])
 
 
@@ -262,7 +206,7 @@ def layer_weights_section(runs: list[Run], images: dict) -> list[str]:
                              fmt_num(before[i]) if i < len(before) and _is_num(before[i]) else "—",
                              fmt_num(after[i]) if i < len(after) and _is_num(after[i]) else "—"])
         kept = [abs(x) for i, x in enumerate(w) if i not in set(r.removed_layers)]
-        out += table(["removed block", "alpha", "identity gap before stage 2", "after"], rows, ["r", "r", "r", "r"])
+        out += md_table(["removed block", "alpha", "identity gap before stage 2", "after"], rows, ["r", "r", "r", "r"])
         if kept:
             out.append("")
             out.append(f"Kept blocks: |alpha| from {min(kept):.4f} to {max(kept):.4f}.")
@@ -290,7 +234,7 @@ def training_table(runs: list[Run]) -> list[str]:
                      fmt_num(rec["best_eval_loss"]) if _is_num(rec.get("best_eval_loss")) else "—"])
     if not rows:
         return []
-    return table(["run", "reg. steps", "last LM loss", "last reg. loss", "last energy left", "recovery steps",
+    return md_table(["run", "reg. steps", "last LM loss", "last reg. loss", "last energy left", "recovery steps",
                   "recovery eval loss before", "best"], rows)
 
 
@@ -305,7 +249,7 @@ def _grouped(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
 
 
 def _config_text(r: Run) -> str:
-    return ", ".join(f"{k}={v}" for k, v in flatten(r.config).items())
+    return kv_text(flatten(r.config), sep=", ", sort=False)
 
 
 def protocol_section(runs: list[Run], dense: list[DenseRow], cols: list[Column]) -> list[str]:
@@ -322,7 +266,7 @@ def protocol_section(runs: list[Run], dense: list[DenseRow], cols: list[Column])
         kind = r.label if r.kind == "pruned" else ("dense reference" if r.kind == "dense" else "evaluation only")
         rows.append([r.name, f"`{r.path}`", kind, params, hidden, secs,
                      f"`{_config_text(r)}`" if r.config else "—"])
-    out += table(["run", "directory", "method", "parameters", "hidden size", "method time (s)", "configuration"],
+    out += md_table(["run", "directory", "method", "parameters", "hidden size", "method time (s)", "configuration"],
                  rows, ["l", "l", "l", "r", "r", "r", "l"])
     out.append("")
     sources = [(_canon((r.record or {}).get("model_source") or {}), r.name) for r in runs if r.record]
@@ -346,7 +290,7 @@ def protocol_section(runs: list[Run], dense: list[DenseRow], cols: list[Column])
         out += ["### Recovery (LoRA)", ""]
         for name, rec in recs:
             cfg = rec.get("config") or {}
-            out.append(f"- {name}: `{', '.join(f'{k}={v}' for k, v in flatten(cfg).items())}`; "
+            out.append(f"- {name}: `{kv_text(flatten(cfg), sep=', ', sort=False)}`; "
                        f"{rec.get('train_windows', '?')} training / {rec.get('eval_windows', '?')} held-out windows, "
                        f"{rec.get('steps_run', '?')} steps, best at step {rec.get('best_step', '?')}")
         out.append("")
@@ -362,7 +306,7 @@ def protocol_section(runs: list[Run], dense: list[DenseRow], cols: list[Column])
             for i, proto in enumerate(c.protocols):
                 p = json.loads(proto)
                 letter = f" ({chr(ord('A') + i)})" if len(c.protocols) > 1 else ""
-                desc = describe_ppl_protocol(p) if c.kind == "ppl" else describe_dict(p)
+                desc = ppl_protocol_text(p) if c.kind == "ppl" else describe_dict(p)
                 out.append(f"- {what}{letter}: {desc} — {', '.join(c.users[proto])}")
         if any(r.measured.acc_norm for r in runs) or any(d.measured.acc_norm for d in dense):
             out.append("- acc_norm (length-normalized accuracy) follows the same zero-shot protocol as acc.")
@@ -405,7 +349,7 @@ def render(runs: list[Run], dense: list[DenseRow], plots: dict) -> str:
     ppl_cols = [c for c in cols if c.kind == "ppl"]
     if ppl_cols:
         out += ["Perplexity: " + "; ".join(
-            f"`{c.key}` {describe_ppl_protocol(json.loads(c.protocols[0])).split(';')[0]}" if len(c.protocols) == 1
+            f"`{c.key}` {ppl_protocol_text(json.loads(c.protocols[0])).split(';')[0]}" if len(c.protocols) == 1
             else f"`{c.key}` measured with {len(c.protocols)} different protocols (letters A–"
                  f"{chr(ord('A') + len(c.protocols) - 1)}, see [Protocol](#protocol))" for c in ppl_cols) + ".", ""]
     if any(c.kind == "acc" for c in cols):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RegpruneError
+from ..formatting import is_num as _is_num
 from ..record import flatten
 
 RECORD = "regprune.json"
@@ -148,10 +149,6 @@ class Run:
         src = (self.record or {}).get("model_source") or {}
         ids = {str(src[k]) for k in ("path", "name", "id") if src.get(k)}
         return ids | {_resolved(i) for i in ids}
-
-
-def _is_num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _resolved(p: str) -> str:
