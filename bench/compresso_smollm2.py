@@ -86,7 +86,7 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
                 for k, v in r["perplexity"].items()}
 
     def calibration():
-        return regprune.build_calibration(loaded.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512,
+        return regprune.build_calibration(loaded.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, sampling="random",
                                           seed=0, data_dir=data_dir, eval_sources=["wikitext2:test", "c4:validation"])
 
     results = {}
@@ -100,7 +100,7 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
         t1 = time.perf_counter()
         rec_model, rec = recover_with_lora(model, calib.recovery, RecoveryConfig(
             r=r["lora_r"], alpha=r["lora_alpha"], patience=r["patience"], min_delta=r["min_delta"],
-            train=TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=4)))
+            train=TrainConfig(objective="lm", lr=r["lr"], epochs=r["epochs"], batch_size=4)))
         rec_seconds = time.perf_counter() - t1
         first = json.loads((out.parent / f"{pipeline}.json").read_text())[base]
         results[f"{base}+rft"] = {"parameters": count_parameters(rec_model), "recovery_seconds": rec_seconds,
@@ -116,7 +116,8 @@ def run_one(name: str, data_dir: str, out: Path, steps: int, max_windows: int) -
         seed = int(seed or 0)
         suffix = f"-seed{seed}" if seed else ""
         cfg = CompressoConfig(ratio=0.25, collaborative_prompt=base == "compresso-prompt", seed=seed,
-                              train=TrainConfig(lr=3e-4, steps=steps, batch_size=4, warmup_steps=2, seed=seed))
+                              train=TrainConfig(objective="lm", lr=3e-4, steps=steps, batch_size=4, warmup_steps=2,
+                                                seed=seed))
         merged, masks, history, info = train_masks(copy.deepcopy(loaded.model), calib, cfg)
         train_seconds = time.perf_counter() - t0
         models = {}

@@ -59,8 +59,10 @@ def run_one(name: str, data_dir: str, out: Path) -> None:
                 for k, v in r["perplexity"].items()}
 
     results = {}
+    # The protocol of the committed results: random-offset windows of WikiText-2 validation, LM objective
+    # (distillation only in the -distill rows, with the live teacher and the full vocabulary, as then).
     common = dict(calib="wikitext2:validation", num_samples=128, seq_len=512, seed=0, data_dir=data_dir,
-                  eval_sources=["wikitext2:test", "c4:validation"])
+                  eval_sources=["wikitext2:test", "c4:validation"], sampling="random")
     if name == "dense":
         results[name] = {"parameters": count_parameters(loaded.model), "wall_seconds": time.perf_counter() - t0,
                          "perplexity": ppl(loaded.model)}
@@ -73,7 +75,7 @@ def run_one(name: str, data_dir: str, out: Path) -> None:
         norm = name.split("-")[1]
         d = PROTOCOL["dress"]
         res = regprune.prune(loaded, method="dress", ratio=0.25, norm=norm, lam=d["lam"], lr=d["lr"],
-                             distill=name.endswith("-distill"),
+                             objective="kd" if name.endswith("-distill") else "lm", teacher="live",
                              epochs=d["epochs"], batch_size=4, warmup_steps=2, selection=d["selection"], inplace=True,
                              **common)
         hist = res.record["history"]
@@ -91,12 +93,13 @@ def run_one(name: str, data_dir: str, out: Path) -> None:
         results[name]["peak_rss_bytes"] = peak_rss_bytes()
         # Recovery (RFT) on the held-back quarter of the calibration windows, continuing from this model.
         calib = regprune.build_calibration(loaded.tokenizer, **{k: common[k] for k in
-                                                               ("num_samples", "seq_len", "seed", "data_dir")})
+                                                               ("calib", "num_samples", "seq_len", "seed", "data_dir",
+                                                                "sampling")})
         r = PROTOCOL["recovery"]
         t1 = time.perf_counter()
         rec_model, info = recover_with_lora(res.model, calib.recovery, RecoveryConfig(
             r=r["lora_r"], alpha=r["lora_alpha"], patience=r["patience"], min_delta=r["min_delta"],
-            train=TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=4)))
+            train=TrainConfig(lr=r["lr"], epochs=r["epochs"], batch_size=4, objective="lm")))
         rec_seconds = time.perf_counter() - t1
         regprune.save_model(rec_model, loaded.tokenizer, out.parent / "models" / (name + "+rft"),
                             {**res.record, "recovery": {k: v for k, v in info.items()}})

@@ -34,7 +34,7 @@ def prune_r50(data_dir: str) -> Path:
     res = regprune.prune(loaded, method="dress", ratio=0.5, norm="l2", lam=d["lam"], lr=d["lr"], epochs=d["epochs"],
                          batch_size=4, warmup_steps=2, selection=d["selection"], calib="wikitext2:validation",
                          num_samples=128, seq_len=512, seed=0, data_dir=data_dir, inplace=True,
-                         eval_sources=["wikitext2:test", "c4:validation"])
+                         eval_sources=["wikitext2:test", "c4:validation"], sampling="random", objective="lm")
     res.save(out)
     return out
 

@@ -68,8 +68,8 @@ def run_one(name: str, args, work: Path) -> None:
         if args.stage1_steps is not None:
             opts["stage1_steps"] = args.stage1_steps
         res = regprune.prune(loaded, method="trsp", ratio=0.25, calib="wikitext2:validation", num_samples=128,
-                             seq_len=512, seed=0, data_dir=args.data_dir, inplace=True,
-                             eval_sources=["wikitext2:test", "c4:validation"], **opts)
+                             seq_len=512, seed=0, data_dir=args.data_dir, inplace=True, sampling="random",
+                             objective="lm", eval_sources=["wikitext2:test", "c4:validation"], **opts)
         wall = time.perf_counter() - t0
         res.save(model_dir)  # for the speed pipeline (not committed)
         rec = res.record

@@ -33,7 +33,9 @@ def test_prune_cli_end_to_end(tiny_model_dir, corpus_dir, tmp_path, capsys):
     rec = json.loads((out / "regprune.json").read_text())
     assert rec["method"] == "dress" and rec["config"]["norm"] == "l1" and rec["config"]["ratio"] == 0.25
     assert rec["method_details"]["hidden_size_after"] == 48 and len(rec["method_details"]["removed_channels"]) == 16
-    assert rec["data"]["source"] == "wikitext2:validation" and rec["data"]["regularize_windows"] == 9
+    assert rec["data"]["source"] == "c4:train@0.5,wikitext2:validation@0.5" and rec["data"]["regularize_windows"] == 9
+    assert rec["data"]["sampling"] == "distinct" and rec["config"]["train"]["objective"] == "kd"
+    assert rec["recovery"]["objective"]["teacher"] == "cached"
     assert rec["recovery"]["steps_run"] >= 1 and rec["versions"]["transformers"]
     assert rec["parameters_after"] < rec["parameters_before"]
     for who in ("dense", "pruned"):

@@ -134,12 +134,13 @@ def _windows(n=16, seq_len=32, seed=0):
 
 def _train_tiny(lambda_lr: float, ratio: float, mask_init: float, steps: int = 25):
     cfg = CompressoConfig(ratio=ratio, collaborative_prompt=False, target_warmup=0.0, mask_init=mask_init,
-                          mask_lr=0.3, lambda_lr=lambda_lr, train=TrainConfig(lr=1e-3, steps=steps, batch_size=4))
+                          mask_lr=0.3, lambda_lr=lambda_lr, train=TrainConfig(lr=1e-3, steps=steps, batch_size=4,
+                                                                                 objective="lm"))
     return train_masks(tiny_model("llama"), CalibrationData(_windows(), _windows(4, seed=1)), cfg)
 
 
 def test_lagrangian_moves_expected_sparsity_to_target():
-    # A random tiny model's LM loss falls when its outputs shrink, so the LM gradient alone pushes sparsity
+    # (LM objective) A random tiny model's LM loss falls when its outputs shrink, so the LM gradient alone pushes sparsity
     # up. Start above the target: the Lagrangian has to pull sparsity down, against the LM gradient.
     start = float(CompressoMasks(tiny_model("llama"), init=-1.0).expected_sparsity().detach())
     _, _, history, info = _train_tiny(lambda_lr=2.0, ratio=0.2, mask_init=-1.0)

@@ -87,3 +87,68 @@ def test_demo_data_choice(corpus_dir, monkeypatch):
     assert (calib, ev) == ("wikitext2:validation", "wikitext2:test") and data_dir == str(corpus_dir)
     monkeypatch.setenv("REGPRUNE_DATA_DIR", str(corpus_dir))
     assert choose_demo_data(None)[2] == str(corpus_dir)
+
+
+# ---------------------------------------------------------------- mixtures, distinct windows, PTB (issue 12)
+
+
+def test_parse_mixture_and_bad_specs(tmp_path):
+    from regprune.data.sources import DEFAULT_CALIBRATION, parse_mixture
+
+    mix = parse_mixture("c4:train@3,wikitext2:validation@1")
+    assert [(str(s), w) for s, w in mix] == [("c4:train", 0.75), ("wikitext2:validation", 0.25)]
+    assert [w for _, w in parse_mixture(DEFAULT_CALIBRATION)] == [0.5, 0.5]
+    assert parse_mixture("wikitext2:validation")[0][1] == 1.0
+    odd = tmp_path / "a@b.txt"
+    odd.write_text("x")
+    assert parse_mixture(str(odd))[0][0].path == str(odd)
+    for bad, match in [("", "SOURCE\\[@WEIGHT\\]"), ("c4:train,,wikitext2", "SOURCE\\[@WEIGHT\\]"),
+                       ("c4:train@x", "is not a number"), ("c4:train@0", "positive"), ("c4:train@-1", "positive"),
+                       ("c4:train@inf", "positive"), ("c4:train@1,c4@2", "twice"), ("c5@1", "unknown data source")]:
+        with pytest.raises(DataUnavailable, match=match):
+            parse_mixture(bad)
+
+
+def test_mixture_samples_in_proportion_without_repeats(tokenizer, corpus_dir):
+    import regprune
+
+    cal = regprune.build_calibration(tokenizer, "c4:train@3,wikitext2:validation@1", num_samples=40, seq_len=32,
+                                     seed=0, data_dir=corpus_dir, regularize_fraction=1.0)
+    src = {s["source"]: s for s in cal.protocol["sources"]}
+    assert src["c4:train"]["windows"] == 30 and src["wikitext2:validation"]["windows"] == 10
+    assert all(s["repeated"] == 0 for s in src.values())
+    from regprune.data.windows import tokenize
+
+    c4 = tokenize(tokenizer, load_text("c4:train", corpus_dir))
+    starts_c4 = {tuple(c4[i:i + 32].tolist()): i for i in range(0, len(c4) - 31)}
+    rows = [tuple(r.tolist()) for r in cal.regularize]
+    assert len(set(rows)) == 40  # no window twice
+    from_c4 = [starts_c4[r] for r in rows if r in starts_c4]
+    assert len(from_c4) == 30  # 3:1 as asked
+    assert all(abs(a - b) >= 32 for i, a in enumerate(sorted(from_c4)) for b in sorted(from_c4)[i + 1:])  # disjoint
+    first = [r in starts_c4 for r in rows[:20]]
+    assert 0 < sum(first) < 20  # shuffled together: the sources mix within the run, not one after the other
+
+
+def test_distinct_windows_repeat_only_when_the_text_is_short_and_say_so(caplog):
+    from regprune.data.windows import sample_distinct_windows
+
+    ids = torch.arange(1000)
+    w, info = sample_distinct_windows(ids, 10, 64, seed=1)
+    assert info == {"windows": 10, "distinct_available": info["distinct_available"], "distinct": 10, "repeated": 0}
+    assert len({int(r[0]) for r in w}) == 10 and all(int(r[-1]) - int(r[0]) == 63 for r in w)
+    w, info = sample_distinct_windows(ids, 40, 64, seed=1)
+    assert info["repeated"] == 40 - info["distinct_available"] > 0 and len({int(r[0]) for r in w}) == info["distinct"]
+
+
+def test_ptb_source_from_a_data_dir(tmp_path):
+    d = tmp_path / "ptb"
+    d.mkdir()
+    (d / "ptb.test.txt").write_text(" the cat sat \n\n on the mat \n")
+    assert load_text("ptb:test", tmp_path) == "the cat sat on the mat"
+    assert str(parse_source("ptb")) == "ptb:train" and parse_source("ptb:test").is_eval_split
+    from regprune.data.sources import parse_eval_source
+
+    assert str(parse_eval_source("ptb")) == "ptb:test"
+    with pytest.raises(RegpruneError, match="refusing"):
+        check_calibration_source(parse_source("ptb:test"))

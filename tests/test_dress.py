@@ -68,7 +68,7 @@ def test_loss_mode_reduces_selected_norm():
     model, cfg, calib, reg, removed = run_dress("l2", lam=1.0, mode="loss")
     before = reg.value()
     cfg = DressConfig(ratio=0.25, selection="last", norm="l2", lam=1.0, mode="loss",
-                      train=TrainConfig(lr=1e-2, steps=5, batch_size=2, warmup_steps=0))
+                      train=TrainConfig(lr=1e-2, steps=5, batch_size=2, warmup_steps=0, objective="lm"))
     from regprune.train.loop import train_loop
 
     train_loop(model, calib.regularize, cfg.train, extra_loss=reg.loss)
@@ -79,7 +79,7 @@ def test_regularization_leaves_model_equal_to_sliced():
     """After DReSS drives the slices to exact zero, slicing changes nothing about the function."""
     model = tiny_model()
     cfg = DressConfig(ratio=0.25, selection="last", norm="l1", lam=5.0,
-                      train=TrainConfig(lr=1e-3, steps=3, batch_size=2, warmup_steps=0))
+                      train=TrainConfig(lr=1e-3, steps=3, batch_size=2, warmup_steps=0, objective="lm"))
     # Run the regularization on a copy, then compare that (unsliced) model with the sliced result.
     m = copy.deepcopy(model)
     reg = ChannelRegularizer(m, list(range(48, 64)), "l1", 5.0, "prox", lr_budget=3)

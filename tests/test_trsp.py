@@ -33,7 +33,8 @@ def test_stage1_drives_down_the_weights_of_blocks_the_data_does_not_need():
     model = tiny_model("llama", num_hidden_layers=6)
     w = sampled_windows(remove_layers(model, [1, 3]), 32, 32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrspConfig(layers=2, lam1=0.01, stage1_lr=0.05, train=TrainConfig(steps=30, batch_size=8, warmup_steps=2))
+    cfg = TrspConfig(layers=2, lam1=0.01, stage1_lr=0.05, train=TrainConfig(steps=30, batch_size=8, warmup_steps=2,
+                                                                                             objective="lm"))
     alphas, history, trajectory = learn_layer_weights(model, w, cfg, k=2)
     others = [abs(alphas[i]) for i in (0, 2, 4, 5)]
     assert max(abs(alphas[1]), abs(alphas[3])) < 0.5 * min(others), alphas
@@ -52,7 +53,8 @@ def test_stage2_pulls_selected_blocks_toward_identity():
     model = tiny_model("llama", num_hidden_layers=4)
     w = sampled_windows(model, 8, 32)
     gap0 = identity_gaps(model, w, 8)
-    cfg = TrspConfig(layers=1, lam2=10.0, train=TrainConfig(lr=3e-3, steps=12, batch_size=8, warmup_steps=0))
+    cfg = TrspConfig(layers=1, lam2=10.0, train=TrainConfig(lr=3e-3, steps=12, batch_size=8, warmup_steps=0,
+                                                                              objective="lm"))
     history = make_near_identity(model, w, cfg, [1], [gap0[1]])
     gap1 = identity_gaps(model, w, 8)
     assert gap1[1] < 0.3 * gap0[1], (gap0, gap1)

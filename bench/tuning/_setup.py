@@ -10,6 +10,6 @@ DATA_DIR = os.environ.get("REGPRUNE_DATA_DIR", "../shared/data")
 
 def smollm2_and_calibration():
     lm = regprune.load_model("smollm2-135m")
-    cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0,
+    cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0, sampling="random",
                             data_dir=DATA_DIR)
     return lm, cal

@@ -27,7 +27,7 @@ steps = int(sys.argv[1])
 lm, cal = smollm2_and_calibration()
 for v in map(json.loads, sys.argv[2:]):
     t = time.time()
-    cfg = CompressoConfig(ratio=0.25, train=TrainConfig(lr=3e-4, steps=steps, batch_size=4, warmup_steps=2), **v)
+    cfg = CompressoConfig(ratio=0.25, train=TrainConfig(objective="lm", lr=3e-4, steps=steps, batch_size=4, warmup_steps=2), **v)
     merged, masks, hist, info = train_masks(copy.deepcopy(lm.model), cal, cfg)
     pruned, final = finalize(merged, masks, cfg, uniform=False)
     r = evaluate(pruned, lm.tokenizer, ppl=["wikitext2", "c4"], seq_len=512, max_windows=16, data_dir=D)

@@ -8,11 +8,11 @@ from regprune.eval.perplexity import evaluate_perplexity
 import os
 D = os.environ.get("REGPRUNE_DATA_DIR", "../shared/data")
 lm = regprune.load_model("smollm2-135m")
-cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0, data_dir=D)
+cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0, sampling="random", data_dir=D)
 variants = [json.loads(v) for v in sys.argv[1:]]
 for v in variants:
     steps = v.pop("steps", 12); lr = v.pop("lr", 1e-4)
-    cfg = DressConfig(ratio=0.25, train=TrainConfig(lr=lr, steps=steps, batch_size=4, warmup_steps=2), **v)
+    cfg = DressConfig(ratio=0.25, train=TrainConfig(objective="lm", lr=lr, steps=steps, batch_size=4, warmup_steps=2), **v)
     m = copy.deepcopy(lm.model); t=time.time()
     out = get_method("dress").run(m, cal, cfg)
     r = evaluate_perplexity(out.model, lm.tokenizer, "wikitext2:test", max_windows=16, data_dir=D)

@@ -7,7 +7,7 @@ from regprune.eval.perplexity import evaluate_perplexity
 import os
 D = os.environ.get("REGPRUNE_DATA_DIR", "../shared/data")
 lm = regprune.load_model("smollm2-135m")
-cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0, data_dir=D)
+cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0, sampling="random", data_dir=D)
 res={}
 for sel in ["activation","weight","last","random"]:
     m = copy.deepcopy(lm.model)

@@ -22,7 +22,7 @@ D = os.environ.get("REGPRUNE_DATA_DIR", "../shared/data")
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
 t = time.time()
 lm = regprune.load_model("smollm2-135m")
-cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0, data_dir=D)
+cal = build_calibration(lm.tokenizer, "wikitext2:validation", num_samples=128, seq_len=512, seed=0, sampling="random", data_dir=D)
 windows = cal.regularize[:n]
 model = lm.model.requires_grad_(False)
 with LayerScales(model) as scales:

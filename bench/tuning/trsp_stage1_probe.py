@@ -17,7 +17,7 @@ steps = int(sys.argv[1])
 lm, cal = smollm2_and_calibration()
 for v in map(json.loads, sys.argv[2:]):
     t = time.time()
-    cfg = TrspConfig(ratio=0.25, stage1_steps=steps, train=TrainConfig(lr=3e-4, epochs=1, batch_size=4,
+    cfg = TrspConfig(ratio=0.25, stage1_steps=steps, train=TrainConfig(objective="lm", lr=3e-4, epochs=1, batch_size=4,
                                                                         warmup_steps=2), **v)
     alphas, hist, traj = learn_layer_weights(lm.model, cal.regularize, cfg, 8)
     sel = sorted(sorted(range(30), key=lambda i: abs(alphas[i]))[:8])

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data.sources import TextSource, check_calibration_source, load_text, parse_source
+from .data.sources import (DEFAULT_CALIBRATION, PAPER_CALIBRATION, TextSource, check_calibration_source,  # noqa: F401
+                           load_text, parse_mixture, parse_source)
 from .data.instructions import instruction_windows, is_instruction_file
-from .data.windows import sample_windows, split_windows, tokenize
+from .data.windows import sample_distinct_windows, sample_windows, split_windows, tokenize
 from .errors import RegpruneError
 from .methods import CalibrationData, get_method
 from .models.load import LoadedModel, load_model
@@ -26,6 +27,7 @@ from .models.save import check_output_dir, save_model
 from .validate import check_config_types, check_number, check_value_type, field_types
 from .record import count_parameters, peak_rss_bytes, versions
 from .train.lora import RecoveryConfig, recover_with_lora
+from .train.objective import build_teacher
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +42,76 @@ class PruneResult:
         return str(save_model(self.model, self.tokenizer, out_dir, self.record))
 
 
-def build_calibration(tokenizer, source: str | TextSource = "wikitext2:validation", *, num_samples: int = 128,
+SAMPLINGS = ("distinct", "random")
+
+
+def _largest_remainder(weights: list[float], n: int) -> list[int]:
+    raw = [w * n for w in weights]
+    counts = [int(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def build_calibration(tokenizer, source: str | TextSource = DEFAULT_CALIBRATION, *, num_samples: int = 128,
                       seq_len: int = 512, seed: int = 0, regularize_fraction: float = 0.75, data_dir=None,
-                      eval_sources: list[str | TextSource] = ()) -> CalibrationData:
+                      eval_sources: list[str | TextSource] = (), sampling: str = "distinct") -> CalibrationData:
+    """Calibration windows from one source or a weighted mixture (`c4:train@0.5,wikitext2:validation@0.5`).
+
+    sampling "distinct" (default): windows that do not overlap, drawn without replacement from each source
+    (repeats only when a source holds fewer windows than asked, and then the record says so); "random":
+    independent random offsets (overlapping windows), as SparseGPT / Wanda and the earlier regprune
+    benchmarks draw them. Each source gets a share of `num_samples` in proportion to its weight; the
+    windows of a mixture are shuffled together (seeded), so both the regularization and the recovery part,
+    and every batch, mix the sources. The first `regularize_fraction` of the windows regularize, the rest
+    are held for recovery."""
     check_calibration_sizes(num_samples, seq_len, regularize_fraction)
-    src = parse_source(source) if isinstance(source, str) else source
+    if sampling not in SAMPLINGS:
+        raise RegpruneError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+    mixture = [(source, 1.0)] if isinstance(source, TextSource) else parse_mixture(source)
     evals = [parse_source(e) if isinstance(e, str) else e for e in eval_sources]
-    check_calibration_source(src, evals, data_dir)
-    if src.name == "file" and is_instruction_file(src.path):
-        reg, rec, protocol = instruction_windows(tokenizer, src.path, num_samples=num_samples, seq_len=seq_len,
+    for src, _ in mixture:
+        check_calibration_source(src, evals, data_dir)
+    instr = [s for s, _ in mixture if s.name == "file" and is_instruction_file(s.path)]
+    if instr and len(mixture) > 1:
+        raise RegpruneError(f"an instruction file ({instr[0]}) cannot be part of a calibration mixture; give it alone")
+    if instr:
+        reg, rec, protocol = instruction_windows(tokenizer, instr[0].path, num_samples=num_samples, seq_len=seq_len,
                                                  seed=seed, regularize_fraction=regularize_fraction)
         return CalibrationData(reg, rec, protocol, tokenizer)
-    ids = tokenize(tokenizer, load_text(src, data_dir))
-    windows = sample_windows(ids, num_samples, seq_len, seed)
+    counts = _largest_remainder([w for _, w in mixture], num_samples)
+    parts, per_source = [], []
+    for i, ((src, weight), n) in enumerate(zip(mixture, counts)):
+        if n == 0:
+            per_source.append({"source": str(src), "weight": weight, "windows": 0})
+            continue
+        ids = tokenize(tokenizer, load_text(src, data_dir))
+        # Source i gets its own stream of the seed, so adding a source does not move the others' windows.
+        src_seed = seed if len(mixture) == 1 else seed * 1000 + i
+        if sampling == "distinct":
+            w, info = sample_distinct_windows(ids, n, seq_len, src_seed)
+        else:
+            w, info = sample_windows(ids, n, seq_len, src_seed), {"windows": n}
+        if info.get("repeated"):
+            log.warning("calibration source %s holds %d distinct windows of %d tokens but %d were asked for: %d "
+                        "repeat; give a larger source, a smaller --num-samples or another source in the mixture",
+                        src, info["distinct_available"], seq_len, n, info["repeated"])
+        parts.append(w)
+        per_source.append({"source": str(src), "weight": weight, "text_tokens": len(ids), **info})
+    windows = torch.cat(parts)
+    if len(parts) > 1:
+        windows = windows[torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))]
     reg, rec = split_windows(windows, regularize_fraction)
-    protocol = {"source": str(src), "num_samples": num_samples, "seq_len": seq_len, "seed": seed,
-                "sampling": "random offsets: random.Random(seed).randint(0, len(ids) - seq_len - 1) per sample",
-                "text_tokens": len(ids), "regularize_windows": len(reg), "recovery_windows": len(rec),
-                "split": f"first {len(reg)} samples regularize, last {len(rec)} recover"}
+    text = source if isinstance(source, str) else str(source)
+    protocol = {"source": str(mixture[0][0]) if len(mixture) == 1 else text, "num_samples": num_samples,
+                "seq_len": seq_len, "seed": seed, "sampling": sampling, "sampling_rule": (
+                    "non-overlapping windows from a seeded offset, drawn without replacement per source"
+                    if sampling == "distinct" else
+                    "random offsets: random.Random(seed).randint(0, len(ids) - seq_len - 1) per sample"),
+                "sources": per_source, "text_tokens": sum(p.get("text_tokens", 0) for p in per_source),
+                "regularize_windows": len(reg), "recovery_windows": len(rec),
+                "split": f"first {len(reg)} samples regularize, last {len(rec)} recover"
+                + (" (the sources' windows shuffled together first)" if len(parts) > 1 else "")}
     return CalibrationData(reg, rec, protocol, tokenizer)
 
 
@@ -126,8 +180,8 @@ def check_method_options(method: str, options: dict):
         raise RegpruneError(f"method {method!r}: {e}") from None
 
 
-def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: str = "wikitext2:validation",
-          num_samples: int = 128, seq_len: int = 512, seed: int = 0, data_dir=None,
+def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: str = DEFAULT_CALIBRATION,
+          num_samples: int = 128, seq_len: int = 512, seed: int = 0, data_dir=None, sampling: str = "distinct",
           recovery: RecoveryConfig | None = None, eval_sources: list[str] = (), dtype: str = "float32",
           device: str = "cpu", inplace: bool = False, **options) -> PruneResult:
     """Prune `model` (a loaded model, or anything `load_model` accepts) and return the smaller model.
@@ -159,7 +213,7 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     if recovery is not None:
         check_calibration_sizes(num_samples, seq_len, recovery=True)
     calib_data = build_calibration(tokenizer, calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
-                                   data_dir=data_dir, eval_sources=eval_sources)
+                                   data_dir=data_dir, eval_sources=eval_sources, sampling=sampling)
     log.info("calibration: %s, %d windows x %d tokens (%d regularize, %d recovery)", calib_data.protocol["source"],
              num_samples, seq_len, len(calib_data.regularize), len(calib_data.recovery))
     if recovery is not None and len(calib_data.recovery) < 2:  # instruction files split by examples
@@ -168,6 +222,9 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     params_before = count_parameters(model)
     model.config.use_cache = True
     log.info("method %s: %s", method, cfg)
+    rec_teacher = None
+    if recovery is not None:  # the recovery distils the unpruned model: its teacher is made now
+        rec_teacher = build_teacher(model, calib_data.recovery, recovery.train)
     t_method = time.perf_counter()
     result = m.run(model, calib_data, cfg)
     method_seconds = time.perf_counter() - t_method
@@ -177,7 +234,8 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     if recovery is not None:
         log.info("recovery: LoRA r=%d on %d windows", recovery.r, len(calib_data.recovery))
         t_rec = time.perf_counter()
-        pruned, rec_info = recover_with_lora(pruned, calib_data.recovery, recovery)
+        pruned, rec_info = recover_with_lora(pruned, calib_data.recovery, recovery, rec_teacher)
+        del rec_teacher
         rec_info["seconds"] = time.perf_counter() - t_rec
     pruned.eval()
     record = {

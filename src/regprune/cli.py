@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .data.sources import DEFAULT_CALIBRATION, PAPER_CALIBRATION
 from .errors import RegpruneError
 
 log = logging.getLogger("regprune")
@@ -60,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reg-mode", dest="mode", choices=["prox", "loss"],
                    help="prox (default): proximal steps (exact zeros); loss: the paper's penalty in the loss")
     g.add_argument("--distill", action="store_true", default=None,
-                   help="train against the unpruned model's outputs (KL) instead of the text's tokens")
+                   help="the same as --objective kd (kept for older command lines)")
+    o = p.add_argument_group("training objective (every method that trains, and --recover)")
+    o.add_argument("--objective", choices=["kd", "lm", "mix"],
+                   help="kd (default): distil the unpruned model, forward KL on next-token distributions; lm: the "
+                   "calibration text's next-token loss; mix: (1 - kd_alpha) lm + kd_alpha kd")
+    o.add_argument("--kd-alpha", type=float, help="weight of kd in --objective mix (default 0.5)")
+    o.add_argument("--kd-temperature", type=float, help="temperature of both distributions (default 1)")
+    o.add_argument("--teacher", choices=["cached", "live"],
+                   help="cached (default): the unpruned model's top-k log-probs for the training windows, computed "
+                   "once before training; live: a frozen copy of it run every step (exact; twice the memory)")
+    o.add_argument("--teacher-top-k", type=int, help="tokens kept per position by the cached teacher (default 256)")
+    g.add_argument("--finetune", action="store_true", default=None,
+                   help="slice: after slicing, train with the same run as DReSS (prune-then-train baseline)")
     g.add_argument("--lr", type=float, help="learning rate (method default; DReSS 3e-4)")
     g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs 1 over the regularization windows)")
     g.add_argument("--epochs", type=float)
@@ -69,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="trade compute for memory")
     d = p.add_argument_group("calibration data")
-    d.add_argument("--calib", default="wikitext2:validation", help="calibration source (default wikitext2:validation)")
+    d.add_argument("--calib", default=DEFAULT_CALIBRATION,
+                   help=f"calibration source or weighted mixture SOURCE[@WEIGHT],... (default {DEFAULT_CALIBRATION}; "
+                   f"the DReSS paper's: {PAPER_CALIBRATION})")
+    d.add_argument("--sampling", choices=["distinct", "random"], default="distinct",
+                   help="distinct (default): non-overlapping windows without replacement; random: independent "
+                   "random offsets (the earlier protocol)")
     d.add_argument("--num-samples", type=int, default=128, help="calibration windows (3:1 regularize:recovery)")
     d.add_argument("--seq-len", type=int, default=512, help="calibration window length")
     d.add_argument("--seed", type=int, default=0)
@@ -150,6 +168,7 @@ def _prune(args) -> int:
             dense_metrics = _ppl(loaded.model, loaded.tokenizer, plan.eval_sources, args)
         res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=args.num_samples,
                         seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=plan.recovery,
+                        sampling=args.sampling,
                         eval_sources=plan.eval_sources, inplace=True, **plan.options)
         del loaded
         rec = res.record
@@ -177,8 +196,10 @@ def _prune(args) -> int:
     return 0
 
 
-METHOD_FLAGS = ("ratio", "layers", "selection", "multiple_of", "norm", "lam", "mode", "distill", "lr", "batch_size",
-                "grad_accum", "warmup_steps", "gradient_checkpointing")
+# The objective options go to the method's training run and to the LoRA recovery alike.
+OBJECTIVE_FLAGS = ("objective", "kd_alpha", "kd_temperature", "teacher", "teacher_top_k")
+METHOD_FLAGS = ("ratio", "layers", "selection", "multiple_of", "norm", "lam", "mode", "lr", "batch_size",
+                "grad_accum", "warmup_steps", "gradient_checkpointing", "finetune") + OBJECTIVE_FLAGS
 
 
 def _parse_value(key: str, text: str):
@@ -194,6 +215,8 @@ def _parse_value(key: str, text: str):
 def _method_options(args) -> dict:
     """The method options given on the command line (flags and -O KEY=VALUE), nothing else."""
     opts = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "distill", None) and "objective" not in opts:
+        opts["objective"] = "kd"
     if args.steps is not None:
         opts.update(steps=args.steps, epochs=None)
     elif args.epochs is not None:

@@ -57,7 +57,9 @@ def check_prune(args, options: dict) -> PrunePlan:
     """Validate a `regprune prune` command line (see the module docstring). On success the output lock is
     held: release it with `plan.lock.release()` when done."""
     from .api import check_calibration_sizes, check_method_options, check_model_for_method
-    from .data.sources import check_calibration_source, load_text, parse_eval_source, parse_source
+    from .cli import OBJECTIVE_FLAGS
+    from .api import SAMPLINGS
+    from .data.sources import check_calibration_source, load_text, parse_eval_source, parse_mixture
     from .data.instructions import is_instruction_file
     from .models.load import _dtype, check_device, inspect_model
     from .models.save import check_output_dir
@@ -74,10 +76,11 @@ def check_prune(args, options: dict) -> PrunePlan:
                 r=args.lora_r, alpha=args.lora_alpha, patience=args.patience,
                 train=TrainConfig(lr=args.recovery_lr, steps=args.recovery_steps,
                                   epochs=None if args.recovery_steps else args.recovery_epochs,
-                                  batch_size=args.batch_size or 4, seed=args.seed))
+                                  batch_size=args.batch_size or 4, seed=args.seed,
+                                  **{k: options[k] for k in OBJECTIVE_FLAGS if k in options}))
         except ValueError as e:
             raise RegpruneError(f"recovery: {e} (--recovery-lr, --recovery-steps/--recovery-epochs, --lora-r, "
-                                "--lora-alpha, --patience, --batch-size)") from None
+                                "--lora-alpha, --patience, --batch-size, --objective ...)") from None
     method_cfg = check_method_options(args.method, options)
     # 2. device, dtype
     check_device(args.device)
@@ -86,17 +89,20 @@ def check_prune(args, options: dict) -> PrunePlan:
     out = check_output_dir(args.output)
     # 4. calibration against evaluation (by split and by file), files readable
     eval_sources = [parse_eval_source(s) for s in args.eval_ppl]
-    calib = parse_source(args.calib)
-    check_calibration_source(calib, eval_sources, args.data_dir)
-    instruction = calib.name == "file" and is_instruction_file(calib.path)
-    texts = {} if instruction else {calib: load_text(calib, args.data_dir)}
+    mixture = parse_mixture(args.calib)
+    if args.sampling not in SAMPLINGS:
+        raise RegpruneError(f"--sampling must be one of {', '.join(SAMPLINGS)}")
+    calibs = [s for s, _ in mixture]
+    for calib in calibs:
+        check_calibration_source(calib, eval_sources, args.data_dir)
+    texts = {c: load_text(c, args.data_dir) for c in calibs if not (c.name == "file" and is_instruction_file(c.path))}
     for e in eval_sources:
         texts.setdefault(e, load_text(e, args.data_dir))
     # 5. model files and config, method x architecture
     model_config, _ = inspect_model(args.model)
     check_model_for_method(args.method, model_config, method_cfg)
     # 6. lengths, in tokens
-    _check_lengths(args.model, texts, calib if not instruction else None, args.seq_len, eval_sources,
+    _check_lengths(args.model, texts, [c for c in calibs if c in texts], args.seq_len, eval_sources,
                    args.eval_seq_len)
     lock = OutputLock(out, "output directory").acquire()
     try:
@@ -109,13 +115,13 @@ def check_prune(args, options: dict) -> PrunePlan:
     return PrunePlan(out, lock, options, eval_sources, recovery, model_config, notes)
 
 
-def _check_lengths(model: str, texts: dict, calib, seq_len: int, eval_sources: list, eval_seq_len: int) -> None:
+def _check_lengths(model: str, texts: dict, calibs: list, seq_len: int, eval_sources: list, eval_seq_len: int) -> None:
     from .data.windows import tokenize
     from .errors import DataUnavailable
     from .models.load import load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    if calib is not None:
+    for calib in calibs:
         n = len(tokenize(tokenizer, texts[calib]))
         if n <= seq_len + 1:
             raise DataUnavailable(f"calibration source {calib} has {n} tokens, too few for windows of {seq_len} "
@@ -155,7 +161,7 @@ def check_eval(args) -> list:
         inspect_model(spec)
     texts = {s: load_text(s, args.data_dir) for s in sources}
     if texts:
-        _check_lengths(args.model, texts, None, 0, sources, args.eval_seq_len)
+        _check_lengths(args.model, texts, [], 0, sources, args.eval_seq_len)
     return sources
 
 

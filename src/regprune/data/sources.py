@@ -19,8 +19,13 @@ log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "REGPRUNE_DATA_DIR"
 
+# A general mixture by default: calibrating on one corpus fits the pruned model to it (measured in
+# bench/results/generality_smollm2.md). The DReSS paper's setting is WikiText-2 alone (PAPER_CALIBRATION).
+DEFAULT_CALIBRATION = "c4:train@0.5,wikitext2:validation@0.5"
+PAPER_CALIBRATION = "wikitext2:validation"
+
 # Splits that regprune evaluates on: calibrating on them is refused.
-EVAL_SPLITS = {("wikitext2", "test"), ("c4", "validation"), ("builtin", "eval")}
+EVAL_SPLITS = {("wikitext2", "test"), ("c4", "validation"), ("ptb", "test"), ("builtin", "eval")}
 
 # Offline layout (that of ../shared/data): split -> file relative to the data directory.
 _OFFLINE_FILES = {
@@ -28,9 +33,12 @@ _OFFLINE_FILES = {
     ("wikitext2", "validation"): "wikitext-2-raw/wiki.valid.raw",
     ("c4", "train"): "c4/c4-train.00000-of-01024.head1041.jsonl",
     ("c4", "validation"): "c4/c4-validation.00000-of-00008.head1025.jsonl",
+    ("ptb", "train"): "ptb/ptb.train.txt",
+    ("ptb", "validation"): "ptb/ptb.valid.txt",
+    ("ptb", "test"): "ptb/ptb.test.txt",
 }
 _SPLITS = {"wikitext2": ("train", "validation", "test"), "c4": ("train", "validation"),
-           "builtin": ("calibration", "eval")}
+           "ptb": ("train", "validation", "test"), "builtin": ("calibration", "eval")}
 _ALIASES = {"valid": "validation", "val": "validation", "calib": "calibration"}
 
 
@@ -58,7 +66,7 @@ def parse_source(text: str, default_split: str | None = None) -> TextSource:
     name = {"wikitext": "wikitext2", "wikitext-2": "wikitext2"}.get(name, name)
     if name not in _SPLITS:
         raise DataUnavailable(
-            f"unknown data source {text!r}: use wikitext2[:split], c4[:split], builtin[:split] "
+            f"unknown data source {text!r}: use wikitext2[:split], c4[:split], ptb[:split], builtin[:split] "
             "or a path to a .txt/.jsonl file"
         )
     split = _ALIASES.get(split, split) or default_split or _SPLITS[name][0]
@@ -67,13 +75,39 @@ def parse_source(text: str, default_split: str | None = None) -> TextSource:
     return TextSource(name, split)
 
 
+def parse_mixture(text: str) -> list[tuple[TextSource, float]]:
+    """`SOURCE[@WEIGHT],SOURCE[@WEIGHT],...` (e.g. `c4:train@0.5,wikitext2:validation@0.5`) as (source,
+    weight) pairs with the weights normalized to sum to 1; a single source has weight 1."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise DataUnavailable(f"calibration {text!r}: expected SOURCE[@WEIGHT] items separated by commas, e.g. "
+                              "c4:train@0.5,wikitext2:validation@0.5")
+    out = []
+    for p in parts:
+        name, at, w = p.rpartition("@") if "@" in p else (p, "", "1")
+        try:
+            weight = float(w)
+        except ValueError:
+            if not Path(p).expanduser().is_file():  # a file whose name has an '@' and no weight
+                raise DataUnavailable(f"calibration {text!r}: weight {w!r} of {name!r} is not a number") from None
+            name, weight = p, 1.0
+        if not (weight > 0 and weight < float("inf")):
+            raise DataUnavailable(f"calibration {text!r}: weight of {name!r} must be a positive number, got {w}")
+        out.append((parse_source(name), weight))
+    names = [str(s) for s, _ in out]
+    if len(set(names)) != len(names):
+        raise DataUnavailable(f"calibration {text!r} names a source twice; give each source once with its weight")
+    total = sum(w for _, w in out)
+    return [(s, w / total) for s, w in out]
+
+
 def parse_eval_source(text: str | TextSource) -> TextSource:
     """A source to evaluate on: a bare name means its evaluation split (wikitext2:test, c4:validation,
     builtin:eval)."""
     if isinstance(text, TextSource):
         return text
     name = {"wikitext": "wikitext2", "wikitext-2": "wikitext2"}.get(text, text)
-    default = {"wikitext2": "test", "c4": "validation", "builtin": "eval"}.get(name)
+    default = {"wikitext2": "test", "c4": "validation", "ptb": "test", "builtin": "eval"}.get(name)
     return parse_source(text, default_split=default)
 
 
@@ -128,8 +162,9 @@ def _read_rows_unchecked(path: Path) -> list[str]:
 
 
 def _join(name: str, rows: list[str]) -> str:
-    # WikiText-2 as in SparseGPT/Wanda; C4 documents as in their C4 evaluation (space-joined).
-    return " ".join(rows) if name == "c4" else "\n\n".join(rows)
+    # WikiText-2 as in SparseGPT/Wanda; C4 documents as in their C4 evaluation and PTB sentences as in
+    # SparseGPT's PTB evaluation (space-joined).
+    return " ".join(rows) if name in ("c4", "ptb") else "\n\n".join(rows)
 
 
 def _hub_rows(src: TextSource) -> list[str]:
@@ -138,6 +173,9 @@ def _hub_rows(src: TextSource) -> list[str]:
 
         if src.name == "wikitext2":
             ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=src.split)
+        elif src.name == "ptb":
+            ds = datasets.load_dataset("ptb_text_only", "penn_treebank", split=src.split)
+            return [r.strip() for r in ds["sentence"]]
         else:
             files = {"train": "en/c4-train.00000-of-01024.json.gz",
                      "validation": "en/c4-validation.00000-of-00008.json.gz"}
@@ -147,7 +185,8 @@ def _hub_rows(src: TextSource) -> list[str]:
         raise DataUnavailable(
             f"{src} is not reachable on the Hugging Face hub ({e.__class__.__name__}: {str(e)[:200]}) and no "
             f"data directory was given. Pass --data-dir (or set {DATA_DIR_ENV}) to a folder laid out like "
-            "wikitext-2-raw/wiki.{test,valid}.raw and c4/c4-{train,validation}...jsonl, or use a local "
+            "wikitext-2-raw/wiki.{test,valid}.raw, c4/c4-{train,validation}...jsonl and ptb/ptb.{train,valid,"
+            "test}.txt, or use a local "
             ".txt/.jsonl file, or builtin:calibration / builtin:eval."
         ) from e
 
@@ -169,7 +208,10 @@ def load_text(src: TextSource | str, data_dir: str | os.PathLike | None = None) 
         path = root / rel
         if not path.is_file():
             raise DataUnavailable(f"{src}: expected {path} in the data directory")
-        return _join(src.name, _read_rows(path))
+        rows = _read_rows(path)
+        if src.name == "ptb":  # one sentence per line
+            rows = [r.strip() for r in rows if r.strip()]
+        return _join(src.name, rows)
     return _join(src.name, _hub_rows(src))
 
 

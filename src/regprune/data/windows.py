@@ -32,6 +32,27 @@ def sample_windows(ids: torch.Tensor, n: int, seq_len: int, seed: int = 0) -> to
     return torch.stack([ids[s:s + seq_len] for s in starts])
 
 
+def sample_distinct_windows(ids: torch.Tensor, n: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """n windows that do not overlap, as far as the text allows: the text is cut into consecutive windows
+    (from a seeded offset in [0, seq_len)) and n of them are drawn without replacement. When the text holds
+    fewer than n, all of them are taken and the rest are drawn again (each window then appears more than
+    once, and the returned info says so). Returns (windows, info)."""
+    if len(ids) <= seq_len + 1:
+        raise DataUnavailable(f"text has {len(ids)} tokens, too few for windows of {seq_len}")
+    rng = random.Random(seed)
+    shift = rng.randrange(min(seq_len, len(ids) - seq_len))
+    starts = list(range(shift, len(ids) - seq_len + 1, seq_len))
+    if n <= len(starts):
+        chosen = rng.sample(starts, n)
+    else:
+        chosen = rng.sample(starts, len(starts))
+        while len(chosen) < n:
+            chosen += rng.sample(starts, min(len(starts), n - len(chosen)))
+    info = {"windows": n, "distinct_available": len(starts), "distinct": min(n, len(starts)),
+            "repeated": max(0, n - len(starts))}
+    return torch.stack([ids[s:s + seq_len] for s in chosen]), info
+
+
 def eval_windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
     """Non-overlapping windows from the start of the text, the last partial one dropped."""
     n = len(ids) // seq_len

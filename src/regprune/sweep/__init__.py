@@ -11,10 +11,11 @@ Config file (TOML, or JSON when the name ends in .json):
     save_models = false             # optional: also save each pruned checkpoint in <cell>/model
     dtype = "float32"               # optional, load_model's dtype (default float32)
     device = "cpu"                  # optional, load_model's device (default cpu)
-    [calibration]                   # optional, kwargs of regprune.prune: calib, num_samples, seq_len
-    calib = "wikitext2:validation"
+    [calibration]                   # optional, kwargs of regprune.prune: calib, num_samples, seq_len, sampling
+    calib = "c4:train@0.5,wikitext2:validation@0.5"   # default; a source or a weighted mixture
     num_samples = 128
     seq_len = 512
+    sampling = "distinct"           # or "random" (independent random offsets, the earlier protocol)
     [options.dress]                 # optional, per-method options: regprune.prune(**options)
     norm = "l2"
     steps = 48

@@ -15,7 +15,7 @@ from ..validate import check_number
 
 TOP_KEYS = {"model", "data_dir", "output", "methods", "ratios", "seeds", "save_models", "dtype", "device",
             "calibration", "options", "eval"}
-CALIBRATION_KEYS = {"calib": str, "num_samples": int, "seq_len": int}
+CALIBRATION_KEYS = {"calib": str, "num_samples": int, "seq_len": int, "sampling": str}
 EVAL_KEYS = {"ppl": list, "seq_len": int, "max_windows": int, "max_tokens": int, "batch_size": int,
              "tasks": list, "limit": (int, float), "speed": bool,
              # accepted only where regprune.api.evaluate has them (checked against its signature)
@@ -235,11 +235,14 @@ def validate_sweep_config(raw: dict, base_dir: str | os.PathLike | None = None) 
         ev = _table(raw, "eval")
         _check_eval(ev)
 
-    from ..data.sources import check_calibration_source, parse_source
+    from ..data.sources import DEFAULT_CALIBRATION, check_calibration_source, parse_mixture
 
     resolved_data_dir = _resolve(base, data_dir) if data_dir else None
-    check_calibration_source(parse_source(calibration.get("calib", "wikitext2:validation")), _eval_sources(ev),
-                             resolved_data_dir)
+    for calib, _ in parse_mixture(calibration.get("calib", DEFAULT_CALIBRATION)):
+        check_calibration_source(calib, _eval_sources(ev), resolved_data_dir)
+    if calibration.get("sampling", "distinct") not in ("distinct", "random"):
+        raise RegpruneError(f"sweep config: [calibration] sampling must be distinct or random, got "
+                            f"{calibration['sampling']!r}")
 
     return {
         "model": model,

@@ -1,4 +1,5 @@
-"""The training loop the methods share: AdamW on the LM loss plus method hooks.
+"""The training loop the methods share: AdamW on the shared objective (LM, distillation from the unpruned
+model, or a mix: train/objective.py) plus method hooks.
 
 Hooks let a method add a loss term (`extra_loss`), act after every optimizer step (`after_step`, e.g. a
 proximal step), and show its own numbers in the progress bar and history (`metrics`).
@@ -15,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..validate import check_number
+from .objective import OBJECTIVES, TEACHERS, kd_alpha, objective_loss
+
 log = logging.getLogger(__name__)
 
 
@@ -30,10 +34,19 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     gradient_checkpointing: bool = False
+    # The objective (train/objective.py): "kd" distils the unpruned model (forward KL at kd_temperature),
+    # "lm" is the next-token loss on the calibration text, "mix" is (1 - kd_alpha) LM + kd_alpha KD.
+    objective: str = "kd"
+    kd_alpha: float = 0.5
+    kd_temperature: float = 1.0
+    # "cached": the unpruned model's top-k log-probs for the training windows, computed once before training
+    # (no second model in memory); "live": a frozen copy run on every batch (exact, twice the memory).
+    teacher: str = "cached"
+    teacher_top_k: int = 256
+    teacher_cache_dir: str | None = None  # memory-mapped cache here (default: in RAM up to 2 GiB, else $TMPDIR)
+    loss_chunk_tokens: int = 2048  # tokens per chunk of the LM head + loss (memory: one chunk of logits)
 
     def __post_init__(self):
-        from ..validate import check_number
-
         check_number("lr", self.lr, minimum=0.0, strict=True)
         check_number("steps", self.steps, integer=True, minimum=1, optional=True)
         check_number("epochs", self.epochs, minimum=0.0, strict=True, optional=True)
@@ -45,6 +58,14 @@ class TrainConfig:
         check_number("seed", self.seed, integer=True)
         if not isinstance(self.gradient_checkpointing, bool):
             raise ValueError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
+        check_number("kd_alpha", self.kd_alpha, minimum=0.0, maximum=1.0)
+        check_number("kd_temperature", self.kd_temperature, minimum=0.0, strict=True)
+        check_number("teacher_top_k", self.teacher_top_k, integer=True, minimum=1)
+        check_number("loss_chunk_tokens", self.loss_chunk_tokens, integer=True, minimum=1)
 
     def total_steps(self, n_windows: int) -> int:
         if self.steps is not None:
@@ -63,32 +84,14 @@ def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
 
 
-def masked_lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
-    """LM loss on rows stacked as [ids, loss mask] ([b, 2, L]): only tokens whose mask is 1 are predicted."""
-    ids, mask = batch[:, 0], batch[:, 1, 1:].reshape(-1).bool()
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="none")
-    return (nll * mask).sum() / mask.sum().clamp_min(1)
-
-
-def lm_and_distill_loss(model, teacher, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LM loss, KL(teacher || student) per token) on the same forward pass."""
-    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-    with torch.no_grad():
-        t_logits = teacher(input_ids=batch, use_cache=False).logits[:, :-1].float()
-    flat = logits.reshape(-1, logits.shape[-1])
-    lm = F.cross_entropy(flat, batch[:, 1:].reshape(-1))
-    kd = F.kl_div(F.log_softmax(flat, -1), F.log_softmax(t_logits.reshape(flat.shape), -1), log_target=True,
-                  reduction="batchmean")
-    return lm, kd
-
-
-def _batches(windows: torch.Tensor, batch_size: int, seed: int) -> Iterable[torch.Tensor]:
+def _batches(windows: torch.Tensor, batch_size: int, seed: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(row numbers, windows) batches: each epoch a new seeded permutation of all windows."""
     g = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(windows), generator=g)
         for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            yield windows[order[i:i + batch_size]]
+            rows = order[i:i + batch_size]
+            yield rows, windows[rows]
 
 
 def _param_groups(params) -> list[dict]:
@@ -108,7 +111,6 @@ def train_loop(
     cfg: TrainConfig,
     *,
     params: list | None = None,
-    loss_fn: Callable[[object, torch.Tensor], torch.Tensor] | None = None,
     extra_loss: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[int, float], None] | None = None,
     metrics: Callable[[], dict] | None = None,
@@ -118,13 +120,22 @@ def train_loop(
     teacher=None,
     desc: str = "train",
 ) -> list[dict]:
-    """Train in place; return the history (one dict per step).
+    """Train in place on `cfg.objective` (train/objective.py); return the history (one dict per step).
 
-    With a `teacher`, the loss is the distillation loss KL(teacher || student) instead of the LM loss
-    (which is still computed and logged). `loss_fn(model, batch)` replaces the LM loss (e.g. for windows
-    that carry a loss mask). `params` is a list of parameters or of torch param-group dicts (own `lr`,
+    `windows`: [n, L] token ids, or [n, 2, L] rows of (ids, loss mask) where only tokens whose mask is 1
+    carry loss. `teacher`: the unpruned model's LiveTeacher / CachedTeacher (build_teacher; a cached one
+    must have been built for these `windows`), needed unless the objective is "lm". The LM loss is logged
+    whatever the objective. `params` is a list of parameters or of torch param-group dicts (own `lr`,
     `weight_decay`; `"clip": False` keeps a group out of gradient clipping)."""
     steps = cfg.total_steps(len(windows))
+    alpha = kd_alpha(cfg.objective, cfg.kd_alpha)
+    if alpha > 0 and teacher is None:
+        raise ValueError(f"objective {cfg.objective!r} needs a teacher (regprune.train.objective.build_teacher)")
+    per_step = cfg.batch_size * cfg.grad_accum
+    if steps * per_step > len(windows):
+        log.warning("%s: %d steps x %d windows need %d windows but %d were given, so windows repeat (%.1f epochs); "
+                    "give more calibration windows (--num-samples) to see new text at every step", desc, steps,
+                    per_step, steps * per_step, len(windows), steps * per_step / len(windows))
     groups = [g for g in _param_groups(params or model.parameters()) if g["params"]]
     clipped = [p for g in groups if g.get("clip", True) for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -138,22 +149,26 @@ def train_loop(
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc=desc)
+    seen = 0
     try:
         for step in bar:
-            lm_total, extra_total, kd_total = 0.0, 0.0, 0.0
+            totals = {"loss": 0.0, "lm_loss": 0.0, "distill_loss": 0.0, "extra_loss": 0.0}
             for _ in range(cfg.grad_accum):
-                batch = next(batches).to(device)
-                if teacher is None:
-                    loss = (loss_fn or lm_loss)(model, batch)
-                else:
-                    lm, loss = lm_and_distill_loss(model, teacher, batch)
-                    kd_total += loss.item() / cfg.grad_accum
-                lm_total += (loss if teacher is None else lm).item() / cfg.grad_accum
+                rows, batch = next(batches)
+                batch = batch.to(device)
+                ids, mask = (batch[:, 0], batch[:, 1]) if batch.dim() == 3 else (batch, None)
+                loss, parts = objective_loss(model, ids, mask, alpha=alpha, temperature=cfg.kd_temperature,
+                                             teacher=teacher, rows=rows, chunk_tokens=cfg.loss_chunk_tokens)
+                totals["lm_loss"] += parts["lm_loss"] / cfg.grad_accum
+                if parts["distill_loss"] is not None:
+                    totals["distill_loss"] += parts["distill_loss"] / cfg.grad_accum
                 if extra_loss is not None:
                     extra = extra_loss()
-                    extra_total += extra.item() / cfg.grad_accum
+                    totals["extra_loss"] += extra.item() / cfg.grad_accum
                     loss = loss + extra
+                totals["loss"] += loss.item() / cfg.grad_accum
                 (loss / cfg.grad_accum).backward()
+                seen += len(rows)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(clipped, cfg.max_grad_norm)
             lr_now = opt.param_groups[0]["lr"]
@@ -162,11 +177,14 @@ def train_loop(
             sched.step()
             if after_step is not None:
                 after_step(step, lr_now)
-            row = {"step": step + 1, "lm_loss": lm_total, "lr": lr_now, "seconds": time.perf_counter() - t0}
+            row = {"step": step + 1, "lm_loss": totals["lm_loss"], "lr": lr_now,
+                   "epoch": round(seen / len(windows), 4), "seconds": time.perf_counter() - t0}
+            if alpha > 0:
+                row["distill_loss"] = totals["distill_loss"]
             if extra_loss is not None:
-                row["extra_loss"] = extra_total
-            if teacher is not None:
-                row["distill_loss"] = kd_total
+                row["extra_loss"] = totals["extra_loss"]
+            if alpha > 0 or extra_loss is not None:
+                row["loss"] = totals["loss"]
             if metrics is not None:
                 row.update(metrics())
             if evaluate is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
@@ -174,7 +192,7 @@ def train_loop(
                 model.train()
             history.append(row)
             bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()
-                             if k not in ("step", "seconds", "lr")})
+                             if k not in ("step", "seconds", "lr", "epoch")})
             if "eval_loss" in row and should_stop is not None and should_stop(row["eval_loss"]):
                 log.info("early stop at step %d", step + 1)
                 break

@@ -8,7 +8,8 @@ import torch
 
 from ..arch import get_arch
 from ..validate import check_number
-from .loop import TrainConfig, lm_loss, train_loop
+from .loop import TrainConfig, train_loop
+from .objective import describe_objective, kd_alpha, objective_loss
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,18 @@ class RecoveryConfig:
 
 
 @torch.no_grad()
-def _mean_loss(model, windows: torch.Tensor) -> float:
+def _mean_loss(model, windows: torch.Tensor, cfg: TrainConfig, teacher=None) -> float:
+    """The training objective on held-out windows (one at a time), for early stopping."""
     model.eval()
     device = next(model.parameters()).device
-    return sum(lm_loss(model, w[None].to(device)).item() for w in windows) / len(windows)
+    alpha = kd_alpha(cfg.objective, cfg.kd_alpha)
+    total = 0.0
+    for i in range(len(windows)):
+        loss, _ = objective_loss(model, windows[i:i + 1].to(device), None, alpha=alpha,
+                                 temperature=cfg.kd_temperature, teacher=teacher, rows=torch.tensor([i]),
+                                 chunk_tokens=cfg.loss_chunk_tokens)
+        total += loss.item()
+    return total / len(windows)
 
 
 def add_lora(model, r: int, alpha: float, dropout: float = 0.0):
@@ -51,22 +60,29 @@ def add_lora(model, r: int, alpha: float, dropout: float = 0.0):
     return get_peft_model(model, lcfg)
 
 
-def recover_with_lora(model, windows: torch.Tensor, cfg: RecoveryConfig) -> tuple[object, dict]:
-    """Fine-tune LoRA adapters on `windows`, keep the best (held-out loss), merge; returns (model, log)."""
+def recover_with_lora(model, windows: torch.Tensor, cfg: RecoveryConfig, teacher=None) -> tuple[object, dict]:
+    """Fine-tune LoRA adapters on `windows` with the training objective, keep the best adapter (held-out
+    objective), merge; returns (model, log). `teacher`: built from the *unpruned* model for these windows
+    (build_teacher), needed unless the objective is "lm"."""
     if len(windows) < 2:
         raise ValueError("recovery needs at least 2 windows (one is held out for early stopping)")
     n_eval = max(1, round(len(windows) * cfg.eval_fraction))
     train_w, eval_w = windows[n_eval:], windows[:n_eval]
+    if kd_alpha(cfg.train.objective, cfg.train.kd_alpha) > 0 and teacher is None:
+        raise ValueError(f"recovery with objective {cfg.train.objective!r} needs the unpruned model's teacher")
+    t_train = t_eval = None
+    if teacher is not None:
+        t_train, t_eval = teacher.subset(slice(n_eval, None)), teacher.subset(slice(0, n_eval))
     peft_model = add_lora(model, cfg.r, cfg.alpha, cfg.dropout)
     def adapter() -> dict:
         return {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
 
-    initial = _mean_loss(peft_model, eval_w)
+    initial = _mean_loss(peft_model, eval_w, cfg.train, t_eval)
     state = {"best": initial, "bad": 0, "evals": 0, "best_step": 0}
     best_adapter = adapter()
 
     def evaluate() -> float:
-        return _mean_loss(peft_model, eval_w)
+        return _mean_loss(peft_model, eval_w, cfg.train, t_eval)
 
     def should_stop(loss: float) -> bool:
         state["evals"] += 1
@@ -78,10 +94,11 @@ def recover_with_lora(model, windows: torch.Tensor, cfg: RecoveryConfig) -> tupl
         return state["bad"] >= cfg.patience
 
     history = train_loop(peft_model, train_w, cfg.train, evaluate=evaluate, eval_every=cfg.eval_every,
-                         should_stop=should_stop, desc="recovery (LoRA)")
+                         should_stop=should_stop, teacher=t_train, desc=f"recovery (LoRA, {cfg.train.objective})")
     peft_model.load_state_dict(best_adapter, strict=False)
     merged = peft_model.merge_and_unload()
     info = {"initial_eval_loss": initial, "best_eval_loss": state["best"], "best_step": state["best_step"],
             "steps_run": len(history), "train_windows": len(train_w), "eval_windows": len(eval_w),
-            "history": history}
+            "eval_loss": "the training objective on the held-out windows",
+            "objective": describe_objective(cfg.train, teacher), "history": history}
     return merged, info

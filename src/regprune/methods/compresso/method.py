@@ -21,7 +21,8 @@ from ...record import count_parameters
 from ...surgery import slice_hidden_channels
 from ...surgery.heads_ffn import prune_heads_and_ffn
 from ...train.lora import add_lora
-from ...train.loop import masked_lm_loss, train_loop
+from ...train.loop import train_loop
+from ...train.objective import build_teacher, describe_objective
 from ..base import CalibrationData, MethodResult, PruningMethod, register_method
 from .config import CompressoConfig
 from .masks import CompressoMasks, KeptStructure
@@ -63,6 +64,8 @@ def train_masks(model, calib: CalibrationData, cfg: CompressoConfig) -> tuple[ob
     lambdas = [torch.nn.Parameter(torch.tensor(float(v), device=dev)) for v in (0.0, cfg.lambda2_init)]
     for lam in lambdas:
         lam.register_hook(lambda g: -g)  # ascent on the multipliers with the same (descending) optimizer
+    teacher = build_teacher(model, seqs, cfg.train)  # before LoRA and masks: the unpruned model
+    info["objective"] = describe_objective(cfg.train, teacher)
     peft_model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     masks.attach(peft_model.get_base_model())
     state = {"step": 0, "lagrangian": 0.0}
@@ -90,11 +93,12 @@ def train_masks(model, calib: CalibrationData, cfg: CompressoConfig) -> tuple[ob
               {"params": lambdas, "lr": cfg.lambda_lr, "weight_decay": 0.0, "clip": False,
                "betas": (cfg.lambda_beta1, 0.999)}]
     try:
-        history = train_loop(peft_model, seqs, cfg.train, params=groups, loss_fn=masked_lm_loss,
+        history = train_loop(peft_model, seqs, cfg.train, params=groups, teacher=teacher,
                              extra_loss=lagrangian, after_step=after_step, metrics=metrics,
                              desc="Compresso (masks + LoRA)")
     finally:
         masks.detach()
+        del teacher
     merged = peft_model.merge_and_unload()
     with torch.no_grad():
         info.update({"steps": len(history), "target_warmup_steps": warm, "lambda_1": float(lambdas[0]),

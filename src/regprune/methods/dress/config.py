@@ -1,14 +1,19 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ...train.loop import TrainConfig
 from ...validate import check_number
 
 
+def default_schedule() -> TrainConfig:
+    """The training run of DReSS and of slice + fine-tuning (the same, for the equal-budget comparison)."""
+    return TrainConfig(lr=3e-4, epochs=1.0, batch_size=4, warmup_steps=2)
+
+
 @dataclass
-class SliceConfig:
-    """Slicing hidden channels without regularization (the paper's 'w/o R' ablation)."""
+class ChannelChoice:
+    """Which hidden channels to remove: `ratio` of them, chosen by `selection`."""
 
     ratio: float = 0.25  # fraction of hidden channels removed
     selection: str = "activation"  # activation | weight | last | random
@@ -24,7 +29,28 @@ class SliceConfig:
 
 
 @dataclass
-class DressConfig(SliceConfig):
+class SliceConfig(ChannelChoice):
+    """Slicing hidden channels without regularization (the paper's 'w/o R' ablation).
+
+    finetune: after slicing, train every weight of the sliced model with the `train` run (objective,
+        windows, schedule: by default those of a DReSS run), i.e. prune-then-train (with the KD objective,
+        the Minitron recipe). The fair comparison with DReSS at equal training tokens.
+    """
+
+    finetune: bool = False
+    train: TrainConfig = field(default_factory=default_schedule)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.finetune, bool):
+            raise ValueError(f"finetune must be true or false, got {self.finetune!r}")
+        if not self.finetune and self.train != default_schedule():
+            raise ValueError("training options (steps, lr, objective, ...) apply to slice only with finetune=true "
+                             "(--finetune): slicing alone does not train")
+
+
+@dataclass
+class DressConfig(ChannelChoice):
     """DReSS: regularize the selected channels toward zero, then slice them out.
 
     norm: "l2" (group lasso: the l2 norm of each channel's slice) or "l1" (elementwise |w|).
@@ -43,15 +69,15 @@ class DressConfig(SliceConfig):
     norm: str = "l2"
     lam: float = 4.0
     mode: str = "prox"
-    # Train the kept channels to match the unpruned model's next-token distribution (KL to a frozen copy
-    # of the input model) instead of the calibration text's tokens. Costs a teacher forward per step and
-    # a second copy of the model in memory; keeps the model general when calibration data is narrow.
+    # Deprecated: distillation is now the training objective, `train.objective` ("kd" by default);
+    # distill=True sets it to "kd" (kept so that older configs and records still load).
     distill: bool = False
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4, epochs=1.0, batch_size=4,
-                                                                   warmup_steps=2))
+    train: TrainConfig = field(default_factory=default_schedule)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.distill:  # the former switch for distillation, now the objective (the default already)
+            self.train = replace(self.train, objective="kd")
         if self.norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
         if self.mode not in ("prox", "loss"):

@@ -1,13 +1,13 @@
 """Slicing without regularization, and DReSS (regularize -> slice)."""
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
 
 from ...surgery import slice_hidden_channels
 from ...train.loop import train_loop
+from ...train.objective import build_teacher, describe_objective
 from ..base import CalibrationData, MethodResult, PruningMethod, register_method
 from ..selection import num_removed, select_channels
 from .config import DressConfig, SliceConfig
@@ -35,7 +35,17 @@ class SliceMethod(PruningMethod):
 
     def run(self, model, calib: CalibrationData, config: SliceConfig) -> MethodResult:
         removed, info = _choose(model, calib, config)
-        return MethodResult(slice_hidden_channels(model, removed, inplace=True), info)
+        if not config.finetune:
+            return MethodResult(slice_hidden_channels(model, removed, inplace=True), info)
+        # The prune-then-train baseline: slice the same channels, then train every weight with the same
+        # objective, windows and schedule as a DReSS run (no regularization).
+        teacher = build_teacher(model, calib.regularize, config.train)  # before slicing: the unpruned model
+        info["objective"] = describe_objective(config.train, teacher)
+        model = slice_hidden_channels(model, removed, inplace=True)
+        history = train_loop(model, calib.regularize, config.train, teacher=teacher,
+                             desc=f"slice + fine-tuning ({config.train.objective})")
+        info["finetune_steps"] = len(history)
+        return MethodResult(model, info, history)
 
     def check_model(self, model_config, config) -> None:
         super().check_model(model_config, config)
@@ -62,16 +72,13 @@ class DressMethod(SliceMethod):
         def metrics() -> dict:
             return {"reg_loss": reg.value(), "energy_left": reg.energy_left()}
 
-        teacher = None
-        if config.distill:
-            teacher = copy.deepcopy(model).eval().requires_grad_(False)
-
+        teacher = build_teacher(model, calib.regularize, config.train)  # the model is still the unpruned one
+        info["objective"] = describe_objective(config.train, teacher)
         history = train_loop(
             model, calib.regularize, config.train,
             extra_loss=reg.loss if config.mode == "loss" else None,
             after_step=(lambda step, lr: reg.prox(step, lr / config.train.lr)) if config.mode == "prox" else None,
-            metrics=metrics, teacher=teacher, desc=f"DReSS {config.norm} regularization"
-            + (" (distilled)" if teacher is not None else ""),
+            metrics=metrics, teacher=teacher, desc=f"DReSS {config.norm} regularization ({config.train.objective})",
         )
         del teacher
         info.update({

@@ -8,6 +8,7 @@ import torch
 
 from ...surgery.layers import get_layers, remove_layers
 from ...train.loop import train_loop
+from ...train.objective import build_teacher, describe_objective
 from ..base import CalibrationData, MethodResult, register_method
 from ..blocks.method import BlockRemovalMethod
 from .config import TrspConfig
@@ -117,7 +118,7 @@ def identity_gaps(model, windows: torch.Tensor, batch_size: int, blocks: list[in
     return [n / d for n, d in zip(num, den)]
 
 
-def learn_layer_weights(model, windows: torch.Tensor, cfg: TrspConfig, k: int):
+def learn_layer_weights(model, windows: torch.Tensor, cfg: TrspConfig, k: int, teacher=None):
     """Stage 1: train only the per-block alphas under LM loss + lam1 * sum|alpha|; the model is unchanged.
 
     Returns the final alphas, the history, and the alphas after every step (`k`: the selection size, for
@@ -135,7 +136,7 @@ def learn_layer_weights(model, windows: torch.Tensor, cfg: TrspConfig, k: int):
                 return {"alpha_l1": a.sum().item(), "alpha_selected_max": a[sel].max().item(),
                         "alpha_kept_min": a[kept].min().item()}
 
-            history = train_loop(model, windows, cfg.stage1_train(), params=[scales.alpha],
+            history = train_loop(model, windows, cfg.stage1_train(), params=[scales.alpha], teacher=teacher,
                                  extra_loss=lambda: cfg.lam1 * scales.penalty(), metrics=metrics,
                                  desc=f"TRSP stage 1: layer weights (lam1={cfg.lam1:g})")
             alphas = scales.alpha.detach().tolist()
@@ -148,7 +149,7 @@ def learn_layer_weights(model, windows: torch.Tensor, cfg: TrspConfig, k: int):
 
 
 def make_near_identity(model, windows: torch.Tensor, cfg: TrspConfig, blocks: list[int],
-                       initial: list[float]) -> list[dict]:
+                       initial: list[float], teacher=None) -> list[dict]:
     """Stage 2: train all weights under LM loss + lam2 * mean over `blocks` of gap / initial gap."""
     with IdentityGap(model, blocks, initial) as gap:
         def metrics() -> dict:
@@ -156,7 +157,7 @@ def make_near_identity(model, windows: torch.Tensor, cfg: TrspConfig, blocks: li
                 return {"gap_left": gap.relative().item(),
                         "identity_gap": sum(g.item() for g in gap.gaps()) / len(blocks)}
 
-        history = train_loop(model, windows, cfg.train, extra_loss=lambda: cfg.lam2 * gap.relative(),
+        history = train_loop(model, windows, cfg.train, teacher=teacher, extra_loss=lambda: cfg.lam2 * gap.relative(),
                              metrics=metrics, desc=f"TRSP stage 2: near-identity blocks {blocks} (lam2={cfg.lam2:g})")
     for row in history:
         row["stage"] = 2
@@ -176,7 +177,9 @@ class TrspMethod(BlockRemovalMethod):
             raise ValueError("TRSP needs calibration windows to train on")
         gap_windows = windows[: config.num_windows]
 
-        alphas, h1, trajectory = learn_layer_weights(model, windows, config, k)
+        # One teacher for both stages: the model before either (stage 1 does not change the weights).
+        teacher = build_teacher(model, windows, config.train)
+        alphas, h1, trajectory = learn_layer_weights(model, windows, config, k, teacher)
         removed = smallest_abs(alphas, k)
         log.info("TRSP stage 1: selected blocks %s (smallest |alpha|: %s)", removed,
                  ", ".join(f"{alphas[i]:.3f}" for i in removed))
@@ -184,7 +187,9 @@ class TrspMethod(BlockRemovalMethod):
         # Each selected block's penalty is relative to its own gap here: the gaps of one model span 1e-3
         # to 1e2 (SmolLM2-135M), so an unnormalized lam2 would depend on which blocks were selected. A block
         # that already is the identity (gap 0) gets the floor, which pins it there.
-        h2 = make_near_identity(model, windows, config, removed, [max(before[i], 1e-12) for i in removed])
+        h2 = make_near_identity(model, windows, config, removed, [max(before[i], 1e-12) for i in removed], teacher)
+        objective = describe_objective(config.train, teacher)
+        del teacher
         after = identity_gaps(model, gap_windows, config.batch_size)
         for row in h2:  # one step axis for both stages in the history
             row["step"] += len(h1)
@@ -192,6 +197,7 @@ class TrspMethod(BlockRemovalMethod):
             "layers_before": n, "layers_after": n - k, "removed_layers": removed,
             "selection": "the blocks with the smallest |alpha| after stage 1",
             "layer_weights": alphas,
+            "objective": objective,
             "stage1_steps": len(h1), "stage2_steps": len(h2),
             "stage1_alpha_trajectory": trajectory,
             "identity_gap_before": before, "identity_gap_after": after,

@@ -1,0 +1,193 @@
+"""The shared training objective (issue 12): KD loss against a reference, cached top-k == live at k = vocab,
+the teacher never modified, and the objective reaching every training method."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import regprune
+from regprune.train.loop import TrainConfig, train_loop
+from regprune.train.objective import CachedTeacher, LiveTeacher, build_teacher, objective_loss
+
+from conftest import tiny_model
+
+
+def _digest(model) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def pair():
+    teacher = tiny_model("llama", seed=0)
+    student = tiny_model("llama", seed=1)
+    ids = torch.randint(3, 300, (3, 17), generator=torch.Generator().manual_seed(0))
+    return teacher, student, ids
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kd_loss_matches_a_reference_computation(pair, temperature):
+    teacher, student, ids = pair
+    with torch.no_grad():
+        zs = student(ids).logits[:, :-1].float() / temperature
+        zt = teacher(ids).logits[:, :-1].float() / temperature
+        ref_kd = F.kl_div(F.log_softmax(zs, -1).flatten(0, 1), F.log_softmax(zt, -1).flatten(0, 1), log_target=True,
+                          reduction="batchmean") * temperature ** 2
+        ref_lm = F.cross_entropy(student(ids).logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    live = LiveTeacher(teacher, temperature)
+    for chunk in (5, 7, 10_000):  # chunking does not change the value
+        with torch.no_grad():
+            loss, parts = objective_loss(student, ids, None, alpha=1.0, temperature=temperature, teacher=live,
+                                         chunk_tokens=chunk)
+        assert loss.item() == pytest.approx(ref_kd.item(), rel=1e-5)
+        assert parts["lm_loss"] == pytest.approx(ref_lm.item(), rel=1e-5)
+    with torch.no_grad():
+        mix, _ = objective_loss(student, ids, None, alpha=0.25, temperature=temperature, teacher=live)
+    assert mix.item() == pytest.approx(0.75 * ref_lm.item() + 0.25 * ref_kd.item(), rel=1e-5)
+
+
+def test_masked_tokens_carry_no_loss(pair):
+    teacher, student, ids = pair
+    live = LiveTeacher(teacher)
+    mask = torch.zeros_like(ids)
+    mask[:, 9:] = 1
+    with torch.no_grad():
+        zs, zt = student(ids).logits[:, 8:-1].float(), teacher(ids).logits[:, 8:-1].float()
+        ref = F.kl_div(F.log_softmax(zs, -1).flatten(0, 1), F.log_softmax(zt, -1).flatten(0, 1), log_target=True,
+                       reduction="batchmean")
+        loss, _ = objective_loss(student, ids, mask, alpha=1.0, teacher=live, chunk_tokens=4)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_cached_top_k_equals_live_when_k_is_the_vocabulary(pair):
+    teacher, student, ids = pair
+    vocab = teacher.config.vocab_size
+    cached = CachedTeacher.build(teacher, ids, top_k=vocab, temperature=1.5, batch_size=2, chunk_tokens=9)
+    live = LiveTeacher(teacher, 1.5)
+    rows = torch.tensor([2, 0])
+    a, _ = objective_loss(student, ids[rows], None, alpha=1.0, temperature=1.5, teacher=cached, rows=rows)
+    b, _ = objective_loss(student, ids[rows], None, alpha=1.0, temperature=1.5, teacher=live)
+    assert a.item() == pytest.approx(b.item(), rel=1e-4)
+    a.backward()
+    g_cached = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    b.backward()
+    for ga, p in zip(g_cached, student.parameters()):
+        torch.testing.assert_close(ga, p.grad, rtol=1e-3, atol=1e-6)
+    assert cached.describe()["tail_mass_mean"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cached_top_k_tail_bucket(pair):
+    """With k < vocab the loss is the KL of the distributions coarsened to the top k + one tail bucket."""
+    teacher, student, ids = pair
+    k = 20
+    cached = CachedTeacher.build(teacher, ids, top_k=k)
+    rows = torch.arange(len(ids))
+    with torch.no_grad():
+        got, _ = objective_loss(student, ids, None, alpha=1.0, teacher=cached, rows=rows)
+        lt = F.log_softmax(teacher(ids).logits[:, :-1].double(), -1).flatten(0, 1)
+        ls = F.log_softmax(student(ids).logits[:, :-1].double(), -1).flatten(0, 1)
+        top = lt.topk(k, -1).indices
+        lpk, lqk = lt.gather(-1, top), ls.gather(-1, top)
+        r = (1 - lpk.exp().sum(-1)).clamp_min(0)
+        q = 1 - lqk.exp().sum(-1)
+        ref = (lpk.exp() * (lpk - lqk)).sum(-1) + torch.special.xlogy(r, r) - torch.special.xlogy(r, q)
+        full = (lt.exp() * (lt - ls)).sum(-1)
+    assert got.item() == pytest.approx(ref.mean().item(), rel=1e-4)
+    assert got.item() <= full.mean().item() + 1e-6  # coarsening never increases a KL
+    with pytest.raises(RuntimeError, match="not built for"):
+        objective_loss(student, ids[[1, 0]], None, alpha=1.0, teacher=cached, rows=torch.tensor([0, 1]))
+
+
+def test_large_cache_goes_to_a_memory_mapped_file(pair, tmp_path):
+    teacher, _, ids = pair
+    in_ram = CachedTeacher.build(teacher, ids, top_k=8)
+    mapped = CachedTeacher.build(teacher, ids, top_k=8, cache_dir=str(tmp_path))
+    assert "memory-mapped" in mapped.describe()["storage"] and list(tmp_path.iterdir()) == []
+    assert torch.equal(in_ram.idx, mapped.idx) and torch.equal(in_ram.logp, mapped.logp)
+
+
+@pytest.mark.parametrize("kind", ["live", "cached"])
+def test_teacher_is_never_modified(kind, pair):
+    teacher, _, ids = pair
+    before = _digest(teacher)
+    cfg = TrainConfig(lr=1e-2, steps=3, batch_size=2, objective="kd", teacher=kind, teacher_top_k=16)
+    student = teacher  # the usual case: the method trains the model the teacher was made from
+    t = build_teacher(student, ids, cfg)
+    t_digest = _digest(t.model) if kind == "live" else None
+    train_loop(student, ids, cfg, teacher=t)
+    assert _digest(student) != before  # the student trained
+    if kind == "live":
+        assert _digest(t.model) == t_digest == before
+    else:
+        assert torch.equal(t.windows, ids)
+
+
+def test_lm_objective_needs_no_teacher_and_kd_refuses_none(pair):
+    _, student, ids = pair
+    assert build_teacher(student, ids, TrainConfig(steps=1, objective="lm")) is None
+    with pytest.raises(ValueError, match="needs a teacher"):
+        train_loop(student, ids, TrainConfig(steps=1, batch_size=2, objective="kd"))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(objective="ce"), "objective must be"), (dict(teacher="disk"), "teacher must be"),
+    (dict(kd_alpha=1.5), "kd_alpha must be in"), (dict(kd_temperature=0), "kd_temperature must be > 0"),
+    (dict(teacher_top_k=0), "teacher_top_k must be >= 1"), (dict(loss_chunk_tokens=0), "loss_chunk_tokens"),
+])
+def test_bad_objective_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(steps=1, **bad)
+
+
+@pytest.mark.parametrize("method,opts", [
+    ("dress", dict(steps=1)), ("trsp", dict(steps=1, layers=1)), ("slice", dict(steps=1, finetune=True)),
+    ("compresso", dict(steps=1, collaborative_prompt=False)),
+])
+def test_objective_reaches_every_training_method(method, opts, tiny_model_dir, corpus_dir, monkeypatch):
+    import regprune.train.loop as loop
+
+    seen = []
+    real = loop.objective_loss
+
+    def spy(*a, **k):
+        seen.append((k["alpha"], None if k.get("teacher") is None else k["teacher"].kind))
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "objective_loss", spy)
+    for objective, teacher, want in (("lm", "cached", (0.0, None)), ("kd", "live", (1.0, "live")),
+                                     ("mix", "cached", (0.5, "cached"))):
+        seen.clear()
+        res = regprune.prune(str(tiny_model_dir), method=method, num_samples=8, seq_len=32, data_dir=corpus_dir,
+                             batch_size=2, objective=objective, teacher=teacher, teacher_top_k=32, **opts)
+        assert seen and set(seen) == {want}, (objective, seen)
+        assert res.record["config"]["train"]["objective"] == objective
+        assert res.record["method_details"]["objective"]["objective"] == objective
+
+
+def test_objective_reaches_recovery(tiny_model_dir, corpus_dir, monkeypatch):
+    import regprune.train.loop as loop
+    from regprune.train.lora import RecoveryConfig
+
+    seen = []
+    real = loop.objective_loss
+
+    def spy(*a, **k):
+        seen.append(k["alpha"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "objective_loss", spy)
+    rec = RecoveryConfig(train=TrainConfig(lr=1e-4, steps=2, batch_size=2, objective="kd", teacher="cached",
+                                           teacher_top_k=32))
+    res = regprune.prune(str(tiny_model_dir), method="slice", num_samples=12, seq_len=32, data_dir=corpus_dir,
+                         recovery=rec)
+    assert seen == [1.0, 1.0]  # slice itself does not train; both recovery steps distil
+    assert res.record["recovery"]["objective"]["teacher"] == "cached"
+    assert dataclasses.asdict(rec)["train"]["objective"] == "kd"
