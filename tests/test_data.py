@@ -84,7 +84,7 @@ def test_demo_data_choice(corpus_dir, monkeypatch):
     assert (calib, ev, data_dir) == ("builtin:calibration", "builtin:eval", None)
     assert "not reachable" in why and "pydoc_data" in why
     calib, ev, data_dir, why = choose_demo_data(str(corpus_dir))
-    assert (calib, ev) == ("wikitext2:validation", "wikitext2:test") and data_dir == str(corpus_dir)
+    assert (calib, ev) == ("c4:train@0.5,wikitext2:validation@0.5", "wikitext2:test") and data_dir == str(corpus_dir)
     monkeypatch.setenv("REGPRUNE_DATA_DIR", str(corpus_dir))
     assert choose_demo_data(None)[2] == str(corpus_dir)
 

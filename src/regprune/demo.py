@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .data.sources import DATA_DIR_ENV, resolve_data_dir
+from .data.sources import DATA_DIR_ENV, DEFAULT_CALIBRATION, resolve_data_dir
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -31,9 +31,10 @@ def choose_demo_data(data_dir) -> tuple[str, str, str | None, str]:
     """(calibration source, evaluation source, data_dir, explanation)."""
     root = resolve_data_dir(data_dir)
     if root is not None:
-        return "wikitext2:validation", "wikitext2:test", str(root), f"WikiText-2 from the data directory {root}"
+        return (DEFAULT_CALIBRATION, "wikitext2:test", str(root),
+                f"C4 train + WikiText-2 validation (the default mixture) from the data directory {root}")
     if _hub_reachable():
-        return "wikitext2:validation", "wikitext2:test", None, "WikiText-2 from the Hugging Face hub"
+        return DEFAULT_CALIBRATION, "wikitext2:test", None, "C4 + WikiText-2 from the Hugging Face hub"
     return ("builtin:calibration", "builtin:eval", None,
             f"no data directory (--data-dir / ${DATA_DIR_ENV}) and the Hugging Face hub is not reachable: using "
             "the English prose that ships with Python (pydoc_data topics), 4/5 of the topics for calibration "
@@ -56,7 +57,11 @@ def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 24, data_
     print(f"[demo] model: {model} (first use downloads and converts it once)")
     t0 = time.perf_counter()
     loaded = load_model(model)
-    common = dict(calib=calib, num_samples=64, seq_len=512, seed=0, data_dir=data_dir, eval_sources=[evalsrc])
+    # Enough distinct windows that no regularization step sees a window twice (steps x batch 4), a third
+    # more held for recovery (not run here).
+    n_samples = -(-steps * 4 * 4 // 3)
+    common = dict(calib=calib, num_samples=n_samples, seq_len=512, seed=0, data_dir=data_dir,
+                  eval_sources=[evalsrc])
 
     def ppl(m) -> dict:
         return evaluate_perplexity(m, loaded.tokenizer, evalsrc, seq_len=512, max_windows=eval_windows,
@@ -69,7 +74,8 @@ def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 24, data_
     sliced = api.prune(loaded, method="slice", ratio=0.25, **common)
     rows["slice (no regularization)"] = {"params": sliced.record["parameters_after"], "eval": ppl(sliced.model)}
     del sliced
-    print(f"[demo] DReSS: l2 regularization for {steps} steps of 4 x 512 tokens, then slicing")
+    print(f"[demo] DReSS: l2 regularization for {steps} steps of 4 x 512 tokens, distilling the dense model "
+          "(its top-256 next-token log-probs, cached first), then slicing")
     res = api.prune(loaded, method="dress", ratio=0.25, norm="l2", lam=4.0, steps=steps, epochs=None,
                     lr=3e-4, batch_size=4, **common)
     rows["DReSS-l2"] = {"params": res.record["parameters_after"], "eval": ppl(res.model)}
@@ -78,7 +84,8 @@ def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 24, data_
     summary = {
         "model": model, "data": why, "calibration": calib, "evaluation": evalsrc,
         "protocol": rows["dense"]["eval"]["protocol"], "dress": {"steps": steps, "lr": 3e-4, "lam": 4.0,
-                                                                  "norm": "l2", "selection": "activation"},
+                                                                  "norm": "l2", "selection": "activation",
+                                                                  "objective": res.record["config"]["train"]["objective"]},
         "results": {k: {"parameters": v["params"], "ppl": v["eval"]["ppl"]} for k, v in rows.items()},
         "seconds": round(time.perf_counter() - t0, 1), "versions": versions(), "pruned_model": model_dir,
     }
@@ -90,8 +97,9 @@ def run_demo(output: str, *, model: str = "smollm2-135m", steps: int = 24, data_
     p = rows["dense"]["eval"]["protocol"]
     lines.append("")
     lines.append(f"Protocol: {p['windows']} non-overlapping windows of {p['seq_len']} tokens from the start of "
-                 f"{evalsrc}, no BOS, loss on tokens 1..{p['seq_len'] - 1}. Calibration: 64 windows of 512 "
-                 f"tokens of {calib} (seed 0), 48 used for regularization. Data: {why}. "
+                 f"{evalsrc}, no BOS, loss on tokens 1..{p['seq_len'] - 1}. Calibration: {n_samples} distinct "
+                 f"windows of 512 tokens of {calib} (seed 0), {steps * 4} used for regularization; DReSS trains "
+                 f"by distillation from the dense model (the default objective). Data: {why}. "
                  f"Total time {summary['seconds']:.0f}s.")
     table = "\n".join(lines)
     atomic_write_text(run_dir / "results.md", table + "\n")
