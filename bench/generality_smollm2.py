@@ -53,6 +53,14 @@ PIPELINES: dict[str, tuple] = {
     "dress-kd@r50": ("c", "dress", 0.5, MIXTURE, STEPS, {"objective": "kd"}),
     "slice+kd@4x": ("d", "slice", 0.25, MIXTURE, 4 * STEPS, {"finetune": True, "objective": "kd"}),
     "dress-kd@4x": ("d", "dress", 0.25, MIXTURE, 4 * STEPS, {"objective": "kd"}),
+    # f: a slower transfer. With the default lam 4 the selected channels are at zero after about a quarter of
+    # the run; lam 2 gets there at about half, lam 1.2 near the end (prox budget, README).
+    "dress-kd-lam2": ("f", "dress", 0.25, MIXTURE, STEPS, {"objective": "kd", "lam": 2.0}),
+    "dress-kd-lam1.2": ("f", "dress", 0.25, MIXTURE, STEPS, {"objective": "kd", "lam": 1.2}),
+    # f: the objective between the two: (1 - 0.5) LM + 0.5 KD (on the mixture, slice+lm was better on WikiText-2
+    # and slice+kd on C4).
+    "slice+mix": ("f", "slice", 0.25, MIXTURE, STEPS, {"finetune": True, "objective": "mix", "kd_alpha": 0.5}),
+    "dress-mix": ("f", "dress", 0.25, MIXTURE, STEPS, {"objective": "mix", "kd_alpha": 0.5}),
     "zeroshot-dense": ("e", None, None, None, 0, {}),
     "zeroshot-slice+kd": ("e", None, None, None, 0, {}),
     "zeroshot-dress-kd": ("e", None, None, None, 0, {}),
@@ -67,7 +75,7 @@ PROTOCOL = {
                    "so every optimizer step sees windows no earlier step saw",
     "training": f"{STEPS} AdamW steps x {BATCH} x 512 tokens (the '@4x' rows: {4 * STEPS}), lr 3e-4, 2 warm-up "
                 "steps then constant, grad clip 1.0, full fine-tuning of every weight; TRSP: 16 stage-1 steps "
-                "(block weights only) + 32 stage-2 steps; Compresso: masks + LoRA r=8 for 48 steps, "
+                "(block weights only) + 32 stage-2 steps on disjoint windows (the table shows stage 2's); Compresso: masks + LoRA r=8 for 48 steps, "
                 "non-uniform layout, no collaborative prompt",
     "objectives": "lm: next-token cross-entropy on the calibration windows; kd: T^2 KL(teacher_T || student_T) "
                   "per token, T = 1, teacher = the unpruned model, cached as its top-256 log-probabilities "
@@ -124,13 +132,11 @@ def run_one(name: str, data_dir: str, work: Path) -> None:
             kw = dict(opts)
             if steps:
                 kw.update(steps=steps, epochs=None, **TRAIN)
-            # As many distinct windows as the training needs (TRSP: stage 2's steps; stage 1 walks a subset of
-            # the same windows); methods that do not train score on the first ones of 96.
-            n_reg = steps * BATCH if steps else 96
-            num_samples = math.ceil(n_reg * 4 / 3)
+            # num_samples "auto": as many distinct windows as the training needs, a third more held for recovery
+            # (TRSP: its two stages on disjoint windows); methods that do not train score on the first of 96.
             if ratio is not None:
                 kw["ratio"] = ratio
-            res = regprune.prune(loaded, method=method, calib=calib, num_samples=num_samples, seq_len=512, seed=0,
+            res = regprune.prune(loaded, method=method, calib=calib, num_samples="auto", seq_len=512, seed=0,
                                  data_dir=data_dir, inplace=True, sampling="distinct",
                                  eval_sources=["wikitext2:test", "c4:validation"], **kw)
             rec = res.record
@@ -152,7 +158,9 @@ def run_one(name: str, data_dir: str, work: Path) -> None:
     row["wall_seconds"] = round(time.perf_counter() - t0, 1)
     row["peak_rss_bytes"] = peak_rss_bytes()
     row["versions"] = versions()
-    (work / f"{name}.json").write_text(json.dumps({name: row}, indent=1, default=str) + "\n")
+    from regprune.io import atomic_write_text
+
+    atomic_write_text(work / f"{name}.json", json.dumps({name: row}, indent=1, default=str) + "\n")
 
 
 def _se(acc: float, n: int) -> float:

@@ -152,3 +152,23 @@ def test_ptb_source_from_a_data_dir(tmp_path):
     assert str(parse_eval_source("ptb")) == "ptb:test"
     with pytest.raises(RegpruneError, match="refusing"):
         check_calibration_source(parse_source("ptb:test"))
+
+
+def test_auto_num_samples_gives_every_step_new_windows(tiny_model_dir, corpus_dir):
+    import regprune
+    from regprune.api import _make_config, auto_num_samples
+    from regprune.methods import get_method
+    from regprune.train import RecoveryConfig, TrainConfig
+
+    dress = _make_config(get_method("dress"), None, {"steps": 48, "epochs": None, "batch_size": 4})
+    assert auto_num_samples(dress) == 256  # 192 regularization windows + 64 held for recovery
+    assert auto_num_samples(_make_config(get_method("dress"), None, {})) == 128  # epochs: the earlier default
+    assert auto_num_samples(_make_config(get_method("slice"), None, {})) == 128
+    trsp = _make_config(get_method("trsp"), None, {"steps": 10, "epochs": None, "stage1_steps": 20, "layers": 1})
+    assert auto_num_samples(trsp) == 160  # both stages, disjoint: (10 + 20) x 4 = 120 windows, / 0.75
+    rec = RecoveryConfig(train=TrainConfig(steps=30, batch_size=4))
+    assert auto_num_samples(dress, rec) == max(256, -(-135 // 0.25))  # 30 x 4 / 0.9 + 1 = 135 recovery windows
+    res = regprune.prune(str(tiny_model_dir), method="dress", steps=3, epochs=None, batch_size=2, seq_len=32,
+                         data_dir=corpus_dir)
+    assert res.record["data"]["num_samples"] == 8 and res.record["data"]["regularize_windows"] == 6
+    assert {h["epoch"] for h in res.record["history"]} == {round(2 / 6, 4), round(4 / 6, 4), 1.0}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import regprune
+from regprune.errors import RegpruneError
 from regprune.train.loop import TrainConfig, train_loop
 from regprune.train.objective import CachedTeacher, LiveTeacher, build_teacher, objective_loss
 
@@ -191,3 +192,41 @@ def test_objective_reaches_recovery(tiny_model_dir, corpus_dir, monkeypatch):
     assert seen == [1.0, 1.0]  # slice itself does not train; both recovery steps distil
     assert res.record["recovery"]["objective"]["teacher"] == "cached"
     assert dataclasses.asdict(rec)["train"]["objective"] == "kd"
+
+
+def test_slice_training_options_need_finetune():
+    from regprune.api import check_method_options
+
+    check_method_options("slice", {"seed": 3})  # the seed reaches the (unused) run too: not a training option
+    with pytest.raises(RegpruneError, match="only with finetune=true"):
+        check_method_options("slice", {"steps": 4, "epochs": None})
+    cfg = check_method_options("slice", {"steps": 4, "epochs": None, "finetune": True, "objective": "lm"})
+    assert cfg.finetune and cfg.train.steps == 4 and cfg.train.lr == 3e-4  # DReSS's schedule otherwise
+
+
+@pytest.mark.parametrize("method,opts", [
+    ("dress", dict(steps=2)), ("slice", dict(steps=2, finetune=True)), ("trsp", dict(steps=2, layers=1)),
+    ("compresso", dict(steps=2, collaborative_prompt=False)),
+])
+def test_bf16_autocast_smoke_every_training_method(method, opts, tiny_model_dir, corpus_dir):
+    """bf16 autocast on the CPU, fp32 master weights: every training method runs and trains."""
+    res = regprune.prune(str(tiny_model_dir), method=method, num_samples=8, seq_len=32, data_dir=corpus_dir,
+                         batch_size=2, mixed_precision="bf16", **opts)
+    h = res.record["history"]
+    assert h and all(torch.isfinite(torch.tensor(r["loss" if "loss" in r else "lm_loss"])) for r in h)
+    assert next(res.model.parameters()).dtype == torch.float32
+
+
+def test_model_stored_in_bf16_trains_on_fp32_master_weights(tiny_model_dir, corpus_dir):
+    from regprune.train.lora import RecoveryConfig
+
+    res = regprune.prune(str(tiny_model_dir), method="dress", dtype="bfloat16", steps=2, num_samples=12, seq_len=32,
+                         data_dir=corpus_dir, batch_size=2, mixed_precision="bf16",
+                         recovery=RecoveryConfig(train=TrainConfig(steps=1, batch_size=2, mixed_precision="bf16")))
+    assert res.record["precision"] == {"storage": "bfloat16", "training": "fp32 master weights"}
+    assert next(res.model.parameters()).dtype == torch.bfloat16  # cast back for saving
+    assert res.record["method_details"]["exact_zero_fraction_before_slicing"] == 1.0  # prox on the fp32 copy
+    with pytest.raises(ValueError, match="fp32 master weights"):
+        model = tiny_model("llama").to(torch.bfloat16)
+        train_loop(model, torch.randint(3, 300, (2, 16)), TrainConfig(steps=1, batch_size=2, objective="lm",
+                                                                       mixed_precision="bf16"))

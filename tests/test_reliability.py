@@ -454,3 +454,26 @@ def test_property_runs_or_refused_before_work(values, tiny_model_dir, corpus_dir
         mp.setattr(load, "load_model", refuse)
         assert main(_argv(tiny_model_dir, out, corpus_dir, values)) == 2  # WorkStarted would fail the test
     assert capsys.readouterr().err == err
+
+
+def test_objective_flags_reach_the_recovery_of_methods_that_do_not_train(tiny_model_dir, corpus_dir, tmp_path,
+                                                                        capsys, monkeypatch):
+    import regprune.api as api
+
+    seen = {}
+    real = api.recover_with_lora
+
+    def spy(model, windows, cfg, teacher=None):
+        seen["objective"] = cfg.train.objective
+        return real(model, windows, cfg, teacher)
+
+    monkeypatch.setattr(api, "recover_with_lora", spy)
+    out = tmp_path / "o"
+    assert main(["prune", str(tiny_model_dir), "-o", str(out), "--method", "shortgpt", "--layers", "1",
+                 "--num-samples", "12", "--seq-len", "32", "--data-dir", str(corpus_dir), "--recover",
+                 "--recovery-steps", "1", "--objective", "lm"]) == 0
+    assert seen == {"objective": "lm"}
+    refused(capsys, args_for(tiny_model_dir, tmp_path / "o2", corpus_dir, "--method", "shortgpt", "--objective",
+                             "lm"), r"--objective: method 'shortgpt' does not train .*--recover")
+    refused(capsys, args_for(tiny_model_dir, tmp_path / "o3", corpus_dir, "--method", "slice", "--teacher",
+                             "live"), r"does not train .*--finetune")

@@ -119,8 +119,16 @@ def test_sweep_runs_resumes_and_reruns_one_cell(tiny_model_dir, corpus_dir, tmp_
 
     # A changed configuration is refused rather than mixed with finished cells.
     changed = dict(cfg, options={**cfg["options"], "dress": {"steps": 2, "batch_size": 2}})
-    with pytest.raises(RegpruneError, match="dress-r0.25-s0 was computed with different settings \\(options\\)"):
+    with pytest.raises(RegpruneError,
+                       match="dress-r0.25-s0 was computed with different settings \\(options, resolved\\)"):
         run_sweep(changed)
+    # A cell computed under other defaults (an older regprune: no resolved settings) is refused too.
+    f = out / "dress-r0.25-s0" / "result.json"
+    old = json.loads(f.read_text())
+    old["spec"].pop("resolved")
+    f.write_text(json.dumps(old))
+    with pytest.raises(RegpruneError, match="dress-r0.25-s0 was computed with different settings \\(resolved\\)"):
+        run_sweep(cfg)
 
 
 def test_sweep_cells_feed_the_report(tiny_model_dir, corpus_dir, tmp_path):

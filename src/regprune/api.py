@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ from .models.save import check_output_dir, save_model
 from .validate import check_config_types, check_number, check_value_type, field_types
 from .record import count_parameters, peak_rss_bytes, versions
 from .train.lora import RecoveryConfig, recover_with_lora
-from .train.objective import build_teacher
+from .train.objective import LiveTeacher, build_teacher
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,25 @@ def build_calibration(tokenizer, source: str | TextSource = DEFAULT_CALIBRATION,
     return CalibrationData(reg, rec, protocol, tokenizer)
 
 
+def auto_num_samples(config, recovery: RecoveryConfig | None = None, regularize_fraction: float = 0.75) -> int:
+    """As many windows as the training asks for, so that no step sees a window twice: steps x batch x
+    accumulation for the method's run (TRSP: both of its stages; methods that do not train, or
+    runs given in epochs: 96), and, with recovery given in steps, enough recovery windows for its steps
+    plus the held-out tenth; split 3:1 as always."""
+    train = getattr(config, "train", None)
+    trains = train is not None and getattr(config, "finetune", True)
+    n_reg = 96
+    if trains and train.steps is not None:
+        # TRSP's two stages take disjoint windows when both are given in steps (trsp.method.stage_windows).
+        n_reg = (train.steps + (getattr(config, "stage1_steps", None) or 0)) * train.batch_size * train.grad_accum
+    n = math.ceil(n_reg / regularize_fraction)
+    if recovery is not None and recovery.train.steps is not None:
+        need = math.ceil(recovery.train.steps * recovery.train.batch_size * recovery.train.grad_accum
+                         / (1 - recovery.eval_fraction)) + 1
+        n = max(n, math.ceil(need / (1 - regularize_fraction)))
+    return n
+
+
 def check_calibration_sizes(num_samples, seq_len, regularize_fraction: float = 0.75,
                             recovery: bool = False) -> None:
     """Window counts and lengths that the pipeline can use (RegpruneError naming the option otherwise)."""
@@ -181,14 +201,16 @@ def check_method_options(method: str, options: dict):
 
 
 def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: str = DEFAULT_CALIBRATION,
-          num_samples: int = 128, seq_len: int = 512, seed: int = 0, data_dir=None, sampling: str = "distinct",
+          num_samples: int | str = "auto", seq_len: int = 512, seed: int = 0, data_dir=None,
+          sampling: str = "distinct",
           recovery: RecoveryConfig | None = None, eval_sources: list[str] = (), dtype: str = "float32",
           device: str = "cpu", inplace: bool = False, **options) -> PruneResult:
     """Prune `model` (a loaded model, or anything `load_model` accepts) and return the smaller model.
 
     The input model is not modified: a model object passed in is copied first, unless `inplace=True`
     (no second copy in memory; the object passed in is then consumed). Extra keyword options go to the
-    method's config (e.g. ratio=0.25, norm="l1", lam=2.0, steps=40, lr=1e-4).
+    method's config (e.g. ratio=0.25, norm="l1", lam=2.0, steps=40, lr=1e-4). `num_samples="auto"`:
+    as many calibration windows as the run needs to see a new window at every step (auto_num_samples).
     """
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -210,6 +232,8 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     except (TypeError, ValueError) as e:
         raise RegpruneError(f"method {method!r}: {e}") from None
     check_model_for_method(method, model.config, cfg)
+    if num_samples == "auto":
+        num_samples = auto_num_samples(cfg, recovery)
     if recovery is not None:
         check_calibration_sizes(num_samples, seq_len, recovery=True)
     calib_data = build_calibration(tokenizer, calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
@@ -222,9 +246,18 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     params_before = count_parameters(model)
     model.config.use_cache = True
     log.info("method %s: %s", method, cfg)
+    # Training keeps fp32 master weights (optimizer state, proximal steps and regularizers on them); a model
+    # stored in bf16 / fp16 is upcast for the run and the result cast back to its storage dtype.
+    storage = next(model.parameters()).dtype
+    trains = recovery is not None or (hasattr(cfg, "train") and getattr(cfg, "finetune", True))
+    if trains and storage != torch.float32:
+        log.info("training with fp32 master weights (the model is stored in %s; the result is cast back)", storage)
+        model = model.float()
     rec_teacher = None
     if recovery is not None:  # the recovery distils the unpruned model: its teacher is made now
         rec_teacher = build_teacher(model, calib_data.recovery, recovery.train)
+        if isinstance(rec_teacher, LiveTeacher):
+            calib_data.shared_teacher = rec_teacher  # the method's live teacher is the same model: one copy
     t_method = time.perf_counter()
     result = m.run(model, calib_data, cfg)
     method_seconds = time.perf_counter() - t_method
@@ -237,6 +270,8 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         pruned, rec_info = recover_with_lora(pruned, calib_data.recovery, recovery, rec_teacher)
         del rec_teacher
         rec_info["seconds"] = time.perf_counter() - t_rec
+    if next(pruned.parameters()).dtype != storage:
+        pruned = pruned.to(storage)
     pruned.eval()
     record = {
         "format": "regprune/1",
@@ -250,6 +285,8 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         "history": result.history,
         "recovery": None if recovery is None else {"config": dataclasses.asdict(recovery), **rec_info},
         "timing": {"method_seconds": method_seconds, "total_seconds": time.perf_counter() - t0},
+        "precision": {"storage": str(storage).removeprefix("torch."),
+                      "training": "fp32 master weights" if trains else None},
         "peak_rss_bytes": peak_rss_bytes(),
         "versions": versions(),
         "metrics": {},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +16,15 @@ log = logging.getLogger("regprune")
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _num_samples(s: str):
+    if s == "auto":
+        return s
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of windows or 'auto', got {s!r}") from None
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -72,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cached (default): the unpruned model's top-k log-probs for the training windows, computed "
                    "once before training; live: a frozen copy of it run every step (exact; twice the memory)")
     o.add_argument("--teacher-top-k", type=int, help="tokens kept per position by the cached teacher (default 256)")
+    o.add_argument("--mixed-precision", choices=["auto", "no", "bf16"],
+                   help="bf16: autocast compute with fp32 master weights and optimizer state; auto (default): bf16 "
+                   "on a CUDA device that supports it, else no")
     g.add_argument("--finetune", action="store_true", default=None,
                    help="slice: after slicing, train with the same run as DReSS (prune-then-train baseline)")
     g.add_argument("--lr", type=float, help="learning rate (method default; DReSS 3e-4)")
@@ -88,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sampling", choices=["distinct", "random"], default="distinct",
                    help="distinct (default): non-overlapping windows without replacement; random: independent "
                    "random offsets (the earlier protocol)")
-    d.add_argument("--num-samples", type=int, default=128, help="calibration windows (3:1 regularize:recovery)")
+    d.add_argument("--num-samples", type=_num_samples, default="auto",
+                   help="calibration windows, split 3:1 regularize:recovery (default auto: as many as the run's steps "
+                   "x batch need, so that no step sees a window twice; 128 for runs given in epochs)")
     d.add_argument("--seq-len", type=int, default=512, help="calibration window length")
     d.add_argument("--seed", type=int, default=0)
     _add_data_args(p)
@@ -166,7 +181,7 @@ def _prune(args) -> int:
         dense_metrics = None
         if args.compare_dense and plan.eval_sources:
             dense_metrics = _ppl(loaded.model, loaded.tokenizer, plan.eval_sources, args)
-        res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=args.num_samples,
+        res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=plan.num_samples,
                         seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=plan.recovery,
                         sampling=args.sampling,
                         eval_sources=plan.eval_sources, inplace=True, **plan.options)
@@ -178,12 +193,16 @@ def _prune(args) -> int:
         if plan.eval_sources:  # measured before saving, so that the record is complete when it appears
             try:
                 rec["metrics"]["pruned"] = _ppl(res.model, res.tokenizer, plan.eval_sources, args)
-            except (RegpruneError, ValueError) as e:
+            except BaseException as e:  # whatever goes wrong (out of memory, Ctrl-C), the pruning is kept
                 eval_error = e
                 rec["metrics_error"] = f"{e.__class__.__name__}: {e}"
             if dense_metrics is not None:
                 rec["metrics"]["dense"] = dense_metrics
         path = save_model(res.model, res.tokenizer, plan.output, rec, lock=plan.lock)
+        if eval_error is not None and not isinstance(eval_error, Exception):  # KeyboardInterrupt, SystemExit
+            print(f"regprune: interrupted during the evaluation; the pruned model was saved to {path}",
+                  file=sys.stderr)
+            raise eval_error
     finally:
         plan.lock.release()
     if eval_error is not None:
@@ -196,8 +215,8 @@ def _prune(args) -> int:
     return 0
 
 
-# The objective options go to the method's training run and to the LoRA recovery alike.
-OBJECTIVE_FLAGS = ("objective", "kd_alpha", "kd_temperature", "teacher", "teacher_top_k")
+# The objective and precision options go to the method's training run and to the LoRA recovery alike.
+OBJECTIVE_FLAGS = ("objective", "kd_alpha", "kd_temperature", "teacher", "teacher_top_k", "mixed_precision")
 METHOD_FLAGS = ("ratio", "layers", "selection", "multiple_of", "norm", "lam", "mode", "lr", "batch_size",
                 "grad_accum", "warmup_steps", "gradient_checkpointing", "finetune") + OBJECTIVE_FLAGS
 
@@ -215,8 +234,14 @@ def _parse_value(key: str, text: str):
 def _method_options(args) -> dict:
     """The method options given on the command line (flags and -O KEY=VALUE), nothing else."""
     opts = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k, None) is not None}
-    if getattr(args, "distill", None) and "objective" not in opts:
-        opts["objective"] = "kd"
+    opts.update(objective_options(args))
+    if not _method_trains(args.method, opts):
+        # The objective flags then concern --recover only (a method that does not train has no use for them).
+        shared = {k: opts.pop(k) for k in OBJECTIVE_FLAGS if k in opts}
+        if shared and not args.recover:
+            raise RegpruneError(f"--{next(iter(shared)).replace('_', '-')}: method {args.method!r} does not train "
+                                "(objective options apply to training: give --recover"
+                                + (", or --finetune" if args.method == "slice" else "") + ")")
     if args.steps is not None:
         opts.update(steps=args.steps, epochs=None)
     elif args.epochs is not None:
@@ -227,6 +252,24 @@ def _method_options(args) -> dict:
             raise RegpruneError(f"-O expects KEY=VALUE, got {item!r}")
         opts[key.strip().replace("-", "_")] = _parse_value(key.strip(), value.strip())
     return opts
+
+
+def objective_options(args) -> dict:
+    """The objective and precision flags given (for the method's run and the recovery alike)."""
+    opts = {k: getattr(args, k) for k in OBJECTIVE_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "distill", None) and "objective" not in opts:
+        opts["objective"] = "kd"
+    return opts
+
+
+def _method_trains(method: str, opts: dict) -> bool:
+    from .methods import get_method
+
+    try:
+        names = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
+    except RegpruneError:
+        return True  # an unknown method: refused with its own message later
+    return "train" in names and (method != "slice" or bool(opts.get("finetune")))
 
 
 def _ppl(model, tokenizer, sources, args) -> dict:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import math
 
+from .validate import is_int, is_number  # noqa: F401  (is_int: re-exported for the tables)
+
 MISSING = "—"  # a value that was not measured
-
-
-def is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def is_num(x) -> bool:
     """A finite int or float (not a bool)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return is_number(x) and math.isfinite(x)
 
 
 def fmt_ppl(v: float) -> str:

@@ -34,6 +34,15 @@ PARTIAL_MARKER = ".regprune-partial"
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc/self/status); elsewhere by
+    setting and restoring it (briefly 0 for this process)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -83,8 +92,9 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     Every existing component of the path must be a directory, and the nearest existing one must accept
     a new file: a probe file is created there and removed at once."""
     path = Path(path).expanduser()
-    target_parent = path.parent if not path.is_dir() else path
-    anc = _nearest_existing(target_parent.absolute())
+    # The parent: where the lock, the partial directory and the final rename happen (and where a file is
+    # created), even when the output itself is an existing empty directory.
+    anc = _nearest_existing(path.absolute().parent)
     if not anc.is_dir():
         raise RegpruneError(f"{what} {path}: {anc} is a file, not a directory; choose another path")
     try:
@@ -127,7 +137,9 @@ def publish_dir(tmp: Path, out: Path) -> Path:
 
 
 def stale_partials(out: Path) -> list[Path]:
-    return sorted(p for p in out.parent.glob(f".{out.name}.partial-*") if p.is_dir())
+    import glob
+
+    return sorted(p for p in out.parent.glob(f".{glob.escape(out.name)}.partial-*") if p.is_dir())
 
 
 def clean_stale_partials(out: Path) -> list[Path]:
@@ -161,9 +173,16 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         import fcntl
 
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RegpruneError(f"{self.what} {self.out}: cannot create {self.out.parent} ({e.strerror or e})") from None
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise RegpruneError(f"{self.what} {self.out}: cannot create its lock file {self.path} "
+                                    f"({e.strerror or e}); choose a writable location") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -48,6 +48,7 @@ class PrunePlan:
     lock: OutputLock
     options: dict
     eval_sources: list
+    num_samples: int
     recovery: object = None
     model_config: object = None
     notes: list = field(default_factory=list)
@@ -56,8 +57,8 @@ class PrunePlan:
 def check_prune(args, options: dict) -> PrunePlan:
     """Validate a `regprune prune` command line (see the module docstring). On success the output lock is
     held: release it with `plan.lock.release()` when done."""
-    from .api import check_calibration_sizes, check_method_options, check_model_for_method
-    from .cli import OBJECTIVE_FLAGS
+    from .api import auto_num_samples, check_calibration_sizes, check_method_options, check_model_for_method
+    from .cli import objective_options
     from .api import SAMPLINGS
     from .data.sources import check_calibration_source, load_text, parse_eval_source, parse_mixture
     from .data.instructions import is_instruction_file
@@ -68,7 +69,6 @@ def check_prune(args, options: dict) -> PrunePlan:
 
     # 1. numbers
     _numbers(eval_number_checks(args) + [("--seed", args.seed, dict(integer=True))])
-    check_calibration_sizes(args.num_samples, args.seq_len, recovery=args.recover)
     recovery = None
     if args.recover:
         try:
@@ -76,12 +76,13 @@ def check_prune(args, options: dict) -> PrunePlan:
                 r=args.lora_r, alpha=args.lora_alpha, patience=args.patience,
                 train=TrainConfig(lr=args.recovery_lr, steps=args.recovery_steps,
                                   epochs=None if args.recovery_steps else args.recovery_epochs,
-                                  batch_size=args.batch_size or 4, seed=args.seed,
-                                  **{k: options[k] for k in OBJECTIVE_FLAGS if k in options}))
+                                  batch_size=args.batch_size or 4, seed=args.seed, **objective_options(args)))
         except ValueError as e:
             raise RegpruneError(f"recovery: {e} (--recovery-lr, --recovery-steps/--recovery-epochs, --lora-r, "
                                 "--lora-alpha, --patience, --batch-size, --objective ...)") from None
     method_cfg = check_method_options(args.method, options)
+    num_samples = auto_num_samples(method_cfg, recovery) if args.num_samples == "auto" else args.num_samples
+    check_calibration_sizes(num_samples, args.seq_len, recovery=args.recover)
     # 2. device, dtype
     check_device(args.device)
     _dtype(args.dtype)
@@ -112,7 +113,7 @@ def check_prune(args, options: dict) -> PrunePlan:
         lock.release()
         raise
     notes = [f"left as found: {p}" for p in stale_partials(out)]
-    return PrunePlan(out, lock, options, eval_sources, recovery, model_config, notes)
+    return PrunePlan(out, lock, options, eval_sources, num_samples, recovery, model_config, notes)
 
 
 def _check_lengths(model: str, texts: dict, calibs: list, seq_len: int, eval_sources: list, eval_seq_len: int) -> None:

@@ -14,11 +14,12 @@ import types
 import typing
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_num(x) -> bool:
+def is_number(x) -> bool:
+    """An int or float that is not a bool (finite or not: check_number says which)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
@@ -30,7 +31,7 @@ def check_number(name: str, value, *, integer: bool = False, minimum=None, maxim
     if value is None and optional:
         return
     kind = "an integer" if integer else "a number"
-    if (integer and not _is_int(value)) or (not integer and not _is_num(value)):
+    if (integer and not is_int(value)) or (not integer and not is_number(value)):
         got = f"{value!r} (a string)" if isinstance(value, str) else repr(value)
         raise ValueError(f"{name} must be {kind}, got {got}{hint}")
     if not integer and not math.isfinite(value):
@@ -109,4 +110,4 @@ def check_config_types(cfg, prefix: str = "") -> None:
             check_value_type(prefix + f.name, value, hints.get(f.name))
 
 
-__all__ = ["check_number", "check_value_type", "check_config_types", "field_types"]
+__all__ = ["is_int", "is_number", "check_number", "check_value_type", "check_config_types", "field_types"]

@@ -14,6 +14,7 @@ class CalibrationData:
     recovery: torch.Tensor  # [m, seq_len] windows kept for recovery fine-tuning
     protocol: dict = field(default_factory=dict)
     tokenizer: object = None  # the tokenizer that made the windows (for methods that hand data to other libraries)
+    shared_teacher: object = None  # a live teacher of the unpruned model made by the pipeline (reused, not copied)
 
 
 @dataclass

@@ -13,7 +13,7 @@ Config file (TOML, or JSON when the name ends in .json):
     device = "cpu"                  # optional, load_model's device (default cpu)
     [calibration]                   # optional, kwargs of regprune.prune: calib, num_samples, seq_len, sampling
     calib = "c4:train@0.5,wikitext2:validation@0.5"   # default; a source or a weighted mixture
-    num_samples = 128
+    num_samples = 128               # or "auto" (default): as many windows as the run's steps x batch need
     seq_len = 512
     sampling = "distinct"           # or "random" (independent random offsets, the earlier protocol)
     [options.dress]                 # optional, per-method options: regprune.prune(**options)

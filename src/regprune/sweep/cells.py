@@ -38,8 +38,29 @@ def _cell_spec(cfg: dict, method: str, ratio, seed) -> dict:
             "eval": cfg["eval"]}
     if method != DENSE:
         spec.update(method=method, ratio=ratio, seed=seed, calibration=cfg["calibration"],
-                    options=cfg["options"].get(method, {}))
+                    options=cfg["options"].get(method, {}), resolved=_resolved(cfg, method, ratio, seed))
     return json.loads(json.dumps(spec))
+
+
+def _resolved(cfg: dict, label: str, ratio, seed) -> dict:
+    """The settings a cell runs with once every default is filled in (the method's whole config, the
+    calibration source, sampling and window count), so that a cell computed under other defaults (an older
+    regprune) is not mixed in with new ones."""
+    import dataclasses
+
+    from ..api import _make_config, auto_num_samples
+    from ..data.sources import DEFAULT_CALIBRATION
+    from ..methods import get_method
+
+    opts = {k: v for k, v in cfg["options"].get(label, {}).items() if k not in ("method", "ratios")}
+    method = cfg["options"].get(label, {}).get("method", label)
+    mcfg = _make_config(get_method(method), None, {**opts, "ratio": ratio, "seed": seed})
+    cal = cfg["calibration"]
+    n = cal.get("num_samples", "auto")
+    return {"method": method, "config": dataclasses.asdict(mcfg),
+            "calibration": {"calib": cal.get("calib", DEFAULT_CALIBRATION), "sampling": cal.get("sampling", "distinct"),
+                            "num_samples": auto_num_samples(mcfg) if n == "auto" else n,
+                            "seq_len": cal.get("seq_len", 512)}}
 
 
 def _read_json(path: Path):

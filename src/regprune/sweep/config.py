@@ -200,9 +200,12 @@ def validate_sweep_config(raw: dict, base_dir: str | os.PathLike | None = None) 
     calibration = _table(raw, "calibration")
     _check_keys("[calibration]", calibration, CALIBRATION_KEYS)
     for k, v in calibration.items():
+        if k == "num_samples" and v == "auto":
+            continue
         if not isinstance(v, CALIBRATION_KEYS[k]) or isinstance(v, bool) or (_is_int(v) and v <= 0):
             raise RegpruneError(f"sweep config: [calibration] {k} = {v!r} is not a valid "
-                                f"{'positive integer' if CALIBRATION_KEYS[k] is int else 'string'}")
+                                f"{'positive integer' if CALIBRATION_KEYS[k] is int else 'string'}"
+                                + (' (or "auto")' if k == "num_samples" else ""))
     if "seq_len" in calibration:
         _check_range("[calibration]", "seq_len", calibration["seq_len"], 2)  # a window predicts from 2 tokens
 

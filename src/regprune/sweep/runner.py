@@ -12,7 +12,7 @@ import regprune
 from ..errors import RegpruneError
 from ..io import OutputLock, atomic_write_json, atomic_write_text, check_writable
 from .cells import (CELL_MARKER, DENSE, RESULT, SWEEP_MARKER, _cell_spec, _grid, _read_json, cell_files, cell_name,
-                    check_cells_are_ours, check_output_is_ours, log, missing_files)
+                    check_cells_are_ours, check_output_is_ours, is_ours, log, missing_files)
 from .config import _eval_sources, _method_options, load_sweep_config, validate_sweep_config
 from .summary import _write_summary
 from .table import sweep_table
@@ -47,6 +47,9 @@ def _summarize_eval(ev: dict | None) -> dict:
 def _new_cell_dir(d: Path) -> None:
     """Create the cell directory with its marker (clearing what an earlier run of ours left there)."""
     if d.exists():  # ours (checked before any work): unfinished leftovers, an incomplete cell, or resume=False
+        if not is_ours(d):  # checked again now: the plan was made before earlier cells ran (maybe hours ago)
+            raise RegpruneError(f"sweep cell {d} was changed by someone else while the sweep ran (it no longer "
+                                "carries regprune's marker); it is left as it is: move it away and run again")
         shutil.rmtree(d)
     d.mkdir(parents=True)
     atomic_write_text(d / CELL_MARKER, "created by regprune sweep; the sweep clears and recomputes this "
@@ -174,6 +177,28 @@ def _check_device(device: str) -> None:
         raise RegpruneError(f"sweep config: 'device': {e}") from None
 
 
+def _check_methods_fit_model(cfg: dict, cells) -> None:
+    """The method x architecture check of every cell to compute, from the model's config alone (before the
+    first cell trains: `layers = 40` on a 30-layer model fails now, not after the cells before it)."""
+    from ..api import _make_config, check_model_for_method
+    from ..methods import get_method
+    from ..models.load import inspect_model
+
+    model_config, _ = inspect_model(cfg["model"])
+    for label, ratio, seed in cells:
+        if label == DENSE:
+            continue
+        opts = cfg["options"].get(label, {})
+        method = opts.get("method", label)
+        mcfg = _make_config(get_method(method), None,
+                            {**{k: v for k, v in opts.items() if k not in ("method", "ratios")}, "ratio": ratio,
+                             "seed": seed})
+        try:
+            check_model_for_method(method, model_config, mcfg)
+        except RegpruneError as e:
+            raise RegpruneError(f"sweep cell {cell_name(label, ratio, seed)}: {e}") from None
+
+
 def _run_sweep(cfg: dict, *, resume: bool = True) -> dict:
     """run_sweep's work, for a validated config; the caller holds output_lock(cfg["output"])."""
     out = Path(cfg["output"])
@@ -182,6 +207,7 @@ def _run_sweep(cfg: dict, *, resume: bool = True) -> dict:
     plan = _plan(out, cfg, specs, resume)
     if any(why is not None for why in plan.values()):
         _check_device(cfg["device"])
+        _check_methods_fit_model(cfg, [(m, r, s) for m, r, s in grid if plan[cell_name(m, r, s)] is not None])
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SWEEP_MARKER).is_file():
         atomic_write_text(out / SWEEP_MARKER, "written by regprune sweep: this directory holds a sweep's cells\n")

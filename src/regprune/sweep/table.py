@@ -92,7 +92,10 @@ def protocol_notes(cfg: dict | None, results: list[dict], methods: list[str]) ->
     for r in results:
         c = r.get("calibration")
         if isinstance(c, dict) and c:
-            cal.add(f"{c.get('source')}, {c.get('num_samples')} windows × {c.get('seq_len')} tokens at random offsets "
+            # Records made before distinct sampling have no 'sampling': theirs were random offsets.
+            how = ("non-overlapping, drawn without replacement" if c.get("sampling") == "distinct"
+                   else "at random offsets")
+            cal.add(f"{c.get('source')}, {c.get('num_samples')} windows × {c.get('seq_len')} tokens {how} "
                     f"(seeded by the cell's seed), {c.get('regularize_windows')} for regularization / "
                     f"{c.get('recovery_windows')} held for recovery")
     notes += [f"Calibration: {c}." for c in sorted(cal)]

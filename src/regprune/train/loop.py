@@ -44,7 +44,12 @@ class TrainConfig:
     teacher: str = "cached"
     teacher_top_k: int = 256
     teacher_cache_dir: str | None = None  # memory-mapped cache here (default: in RAM up to 2 GiB, else $TMPDIR)
-    loss_chunk_tokens: int = 2048  # tokens per chunk of the LM head + loss (memory: one chunk of logits)
+    # Tokens per chunk of the LM head + loss; None: 2^26 / vocabulary (256 MiB per fp32 [chunk, vocab] tensor).
+    loss_chunk_tokens: int | None = None
+    # "bf16": forward and backward under bf16 autocast, weights and optimizer state stay fp32 (the master
+    # copy the proximal steps and regularizers act on); "no": the weights' own dtype; "auto": bf16 on a CUDA
+    # device that supports it, else no.
+    mixed_precision: str = "auto"
 
     def __post_init__(self):
         check_number("lr", self.lr, minimum=0.0, strict=True)
@@ -65,7 +70,9 @@ class TrainConfig:
         check_number("kd_alpha", self.kd_alpha, minimum=0.0, maximum=1.0)
         check_number("kd_temperature", self.kd_temperature, minimum=0.0, strict=True)
         check_number("teacher_top_k", self.teacher_top_k, integer=True, minimum=1)
-        check_number("loss_chunk_tokens", self.loss_chunk_tokens, integer=True, minimum=1)
+        check_number("loss_chunk_tokens", self.loss_chunk_tokens, integer=True, minimum=1, optional=True)
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
 
     def total_steps(self, n_windows: int) -> int:
         if self.steps is not None:
@@ -77,6 +84,17 @@ class TrainConfig:
         if steps <= 0:
             raise ValueError(f"the number of training steps must be positive, got {steps}")
         return steps
+
+
+PRECISIONS = ("auto", "no", "bf16")
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run on `device` (None: no autocast)."""
+    mode = cfg.mixed_precision
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    return torch.bfloat16 if mode == "bf16" else None
 
 
 def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
@@ -144,6 +162,10 @@ def train_loop(
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     device = next(model.parameters()).device
+    amp = autocast_dtype(cfg, device)
+    if amp is not None and any(g["params"][0].dtype != torch.float32 for g in groups):
+        raise ValueError("mixed precision keeps fp32 master weights: train a float32 model (regprune.prune upcasts "
+                         "a model stored in bf16/fp16 for training and casts the result back)")
     batches = _batches(windows, cfg.batch_size, cfg.seed)
     history: list[dict] = []
     model.train()
@@ -157,8 +179,9 @@ def train_loop(
                 rows, batch = next(batches)
                 batch = batch.to(device)
                 ids, mask = (batch[:, 0], batch[:, 1]) if batch.dim() == 3 else (batch, None)
-                loss, parts = objective_loss(model, ids, mask, alpha=alpha, temperature=cfg.kd_temperature,
-                                             teacher=teacher, rows=rows, chunk_tokens=cfg.loss_chunk_tokens)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss, parts = objective_loss(model, ids, mask, alpha=alpha, temperature=cfg.kd_temperature,
+                                                 teacher=teacher, rows=rows, chunk_tokens=cfg.loss_chunk_tokens)
                 totals["lm_loss"] += parts["lm_loss"] / cfg.grad_accum
                 if parts["distill_loss"] is not None:
                     totals["distill_loss"] += parts["distill_loss"] / cfg.grad_accum

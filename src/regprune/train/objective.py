@@ -20,9 +20,10 @@ under no_grad). Two kinds:
   is tight when r is small). Large caches are written to a memory-mapped file (`cache_dir`).
 
 Memory. The student's logits are never materialized for the whole batch: the loss takes the final hidden
-states and runs the LM head, the softmaxes and the KL over `chunk_tokens` tokens at a time under
-activation checkpointing, so at most one chunk of [tokens, vocab] fp32 logits exists at once (the live
-teacher's too), instead of several [batch, seq, vocab] tensors.
+states and runs the LM head (in fp32), the logsumexp and the KL over `chunk_tokens` tokens at a time under
+activation checkpointing, so only one chunk's few [chunk, vocab] fp32 tensors (logits, the teacher's
+log-probs, a masked copy for the tail) exist at once, instead of several [batch, seq, vocab] tensors; by
+default the chunk holds 2^26 / vocabulary tokens (256 MiB per such tensor, whatever the vocabulary).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import RegpruneError
+
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("lm", "kd", "mix")
@@ -44,6 +47,17 @@ TEACHERS = ("cached", "live")
 
 def kd_alpha(objective: str, alpha: float) -> float:
     return {"lm": 0.0, "kd": 1.0}.get(objective, alpha)
+
+
+CHUNK_ELEMENTS = 1 << 26  # default chunk: 2^26 logits = 256 MiB in fp32
+
+
+def chunk_size(model, chunk_tokens: int | None) -> int:
+    """Tokens per loss chunk: the given number, or as many as keep one [chunk, vocab] fp32 tensor at 256 MiB."""
+    if chunk_tokens:
+        return chunk_tokens
+    vocab = _base(model).get_output_embeddings().weight.shape[0]
+    return max(1, CHUNK_ELEMENTS // vocab)
 
 
 def _base(model):
@@ -59,29 +73,28 @@ def final_hidden(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def head_logits(model, h: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of hidden states `h`; the LM head runs in fp32 even under autocast (the softmaxes and the
+    KL of a large vocabulary need it)."""
     base = _base(model)
-    z = base.get_output_embeddings()(h).float()
+    head = base.get_output_embeddings()
+    with torch.autocast(h.device.type, enabled=False):
+        z = head(h.to(head.weight.dtype)).float()
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:
         z = torch.tanh(z / cap) * cap
     return z
 
 
-def _kd_full(z_s: torch.Tensor, t_logp: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-token KL(teacher || student) with the teacher's full log-probabilities at temperature T."""
-    s_logp = F.log_softmax(z_s / temperature, dim=-1)
+def _kd_full(s_logp: torch.Tensor, t_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(teacher || student) from both full log-probability tensors."""
     return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
 
 
-def _kd_topk(z_s: torch.Tensor, idx: torch.Tensor, t_logp: torch.Tensor, t_tail: torch.Tensor,
-             temperature: float) -> torch.Tensor:
+def _kd_topk(s_logp: torch.Tensor, idx: torch.Tensor, t_logp: torch.Tensor, t_tail: torch.Tensor) -> torch.Tensor:
     """Per-token KL between the teacher's top-k + tail bucket and the student coarsened the same way."""
-    z = z_s / temperature
-    lse = torch.logsumexp(z, dim=-1)
-    s_logp_k = z.gather(-1, idx) - lse[:, None]
-    kl = (t_logp.exp() * (t_logp - s_logp_k)).sum(-1)
-    rest = z.scatter(-1, idx, float("-inf"))
-    s_tail = torch.logsumexp(rest, dim=-1) - lse  # log of the student's mass outside K
+    kl = (t_logp.exp() * (t_logp - s_logp.gather(-1, idx))).sum(-1)
+    # log of the student's mass outside K, exactly (1 - sum_K q would lose it to rounding when it is small)
+    s_tail = torch.logsumexp(s_logp.scatter(-1, idx, float("-inf")), dim=-1)
     r = t_tail.exp()
     tail = torch.where(r > 0, r * (t_tail - s_tail), torch.zeros_like(r))
     return kl + tail
@@ -136,11 +149,12 @@ class CachedTeacher:
     @classmethod
     @torch.no_grad()
     def build(cls, model, windows: torch.Tensor, *, top_k: int, temperature: float = 1.0, batch_size: int = 4,
-              chunk_tokens: int = 2048, cache_dir: str | None = None, max_memory_bytes: int = 2 << 30):
+              chunk_tokens: int | None = None, cache_dir: str | None = None, max_memory_bytes: int = 2 << 30):
         """Run `model` (the unpruned model; not modified) over every window once and keep its top k."""
         from tqdm.auto import tqdm
 
         model = _base(model)
+        chunk_tokens = chunk_size(model, chunk_tokens)
         was_training = model.training
         model.eval()
         ids = windows[:, 0] if windows.dim() == 3 else windows
@@ -155,8 +169,16 @@ class CachedTeacher:
             d = cache_dir or tempfile.gettempdir()
             os.makedirs(d, exist_ok=True)
             fd, path = tempfile.mkstemp(dir=d, prefix="regprune-teacher-", suffix=".bin")
+            try:  # reserve the space now: a sparse file that runs out of disk later kills the process (SIGBUS)
+                os.posix_fallocate(fd, 0, nbytes)
+            except OSError as e:
+                os.close(fd)
+                os.unlink(path)
+                raise RegpruneError(f"the teacher cache needs {nbytes / 2**20:,.0f} MiB in {d} and cannot have it "
+                                    f"({e.strerror or e}): give -O teacher_cache_dir=DIR on a larger disk, a smaller "
+                                    "--teacher-top-k, or --teacher live") from None
             os.close(fd)
-            mm = np.memmap(path, dtype=np.uint8, mode="w+", shape=(nbytes,))
+            mm = np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
             os.unlink(path)  # freed when the mapping goes away; nothing left on disk after a crash
             off = n * (L - 1) * k * 8
             idx = torch.from_numpy(mm[:off].view(np.int64).reshape(n, L - 1, k))
@@ -176,11 +198,12 @@ class CachedTeacher:
             for c in range(0, flat.shape[0], chunk_tokens):
                 lp = F.log_softmax(head_logits(model, flat[c:c + chunk_tokens]) / temperature, dim=-1)
                 top, ti = lp.topk(k, dim=-1)
-                # No tail when the top k is the whole vocabulary (1 - sum would be rounding noise).
-                rest = (1.0 - top.exp().sum(-1)).clamp_min(0.0) if k < vocab else torch.zeros_like(top[:, 0])
+                # The mass outside the top k, exactly (no tail at all when k is the whole vocabulary).
+                tail_lp = (torch.logsumexp(lp.scatter(-1, ti, float("-inf")), dim=-1) if k < vocab
+                           else torch.full_like(top[:, 0], float("-inf")))
                 rows_i.append(ti.cpu())
                 rows_p.append(top.cpu())
-                rows_t.append(torch.where(rest > 0, rest.log(), torch.full_like(rest, float("-inf"))).cpu())
+                rows_t.append(tail_lp.cpu())
             m = b.shape[0]
             idx[s:s + m] = torch.cat(rows_i).view(m, L - 1, k)
             logp[s:s + m] = torch.cat(rows_p).view(m, L - 1, k)
@@ -207,14 +230,24 @@ class CachedTeacher:
                 if mass.numel() <= 16_000_000 else None, "storage": self.storage}
 
 
-def build_teacher(model, windows: torch.Tensor, cfg) -> LiveTeacher | CachedTeacher | None:
-    """The teacher a TrainConfig asks for, from `model` as it is now (the unpruned model): None for "lm"."""
+def build_teacher(model, windows: torch.Tensor, cfg, shared: LiveTeacher | None = None, uses: int | None = None
+                  ) -> LiveTeacher | CachedTeacher | None:
+    """The teacher a TrainConfig asks for, from `model` as it is now (the unpruned model): None for "lm".
+    `shared`: a live teacher of the same unpruned model made earlier (the recovery's), reused instead of a
+    further copy."""
     if kd_alpha(cfg.objective, cfg.kd_alpha) == 0.0:
         return None
     if cfg.teacher == "live":
+        if shared is not None and shared.temperature == cfg.kd_temperature:
+            return shared
         return LiveTeacher(model, cfg.kd_temperature)
     log.info("teacher: caching the unpruned model's top-%d log-probabilities for %d windows", cfg.teacher_top_k,
              len(windows))
+    if uses is None and cfg.steps is not None:
+        uses = cfg.steps * cfg.batch_size * cfg.grad_accum
+    if uses is not None and uses < len(windows):
+        log.warning("teacher: %d windows are cached but the run uses only %d of them; --num-samples auto samples "
+                    "as many as the run needs", len(windows), uses)
     return CachedTeacher.build(model, windows, top_k=cfg.teacher_top_k, temperature=cfg.kd_temperature,
                                batch_size=cfg.batch_size, chunk_tokens=cfg.loss_chunk_tokens,
                                cache_dir=cfg.teacher_cache_dir)
@@ -222,23 +255,30 @@ def build_teacher(model, windows: torch.Tensor, cfg) -> LiveTeacher | CachedTeac
 
 def _chunk_loss(model, h, labels, mask, alpha, temperature, live, h_t, t_logp, t_idx, t_tail):
     """Sums over one chunk of tokens: (masked LM NLL, masked T^2 * KL). The live teacher's logits are made
-    here too, so that activation checkpointing keeps only hidden states between forward and backward."""
+    here too, so that activation checkpointing keeps only hidden states between forward and backward.
+    One log-softmax serves both terms at T = 1; the LM term, when only logged (alpha = 1), carries no graph."""
     z = head_logits(model, h)
-    lm = (F.cross_entropy(z, labels, reduction="none") * mask).sum()
+    s_logp = F.log_softmax(z, dim=-1)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and alpha < 1):
+        lm = (-s_logp.gather(-1, labels[:, None])[:, 0] * mask).sum()
     if alpha == 0:
         return lm, z.new_zeros(())
+    if temperature != 1:
+        s_logp = F.log_softmax(z / temperature, dim=-1)
+    del z
     if live is not None:
         t_logp = live.chunk(h_t).logp
-    kd = _kd_full(z, t_logp, temperature) if t_idx is None else _kd_topk(z, t_idx, t_logp, t_tail, temperature)
+    kd = _kd_full(s_logp, t_logp) if t_idx is None else _kd_topk(s_logp, t_idx, t_logp, t_tail)
     return lm, (kd * mask).sum() * temperature ** 2
 
 
 def objective_loss(model, ids: torch.Tensor, mask: torch.Tensor | None, *, alpha: float, temperature: float = 1.0,
-                   teacher=None, rows: torch.Tensor | None = None, chunk_tokens: int = 2048
+                   teacher=None, rows: torch.Tensor | None = None, chunk_tokens: int | None = None
                    ) -> tuple[torch.Tensor, dict]:
     """(loss, {"lm_loss", "distill_loss"}) for a batch of windows `ids` [b, L]; `mask` [b, L] marks the tokens
     that carry loss (None: all); `rows`: the windows' row numbers in the training set (cached teacher).
     The LM loss is computed (and logged) whatever the objective."""
+    chunk_tokens = chunk_size(model, chunk_tokens)
     h = final_hidden(model, ids)[:, :-1]
     flat = h.reshape(-1, h.shape[-1])
     labels = ids[:, 1:].reshape(-1)
@@ -270,14 +310,23 @@ def objective_loss(model, ids: torch.Tensor, mask: torch.Tensor | None, *, alpha
     return loss, parts
 
 
+def prepare_teacher(model, windows: torch.Tensor, cfg, calib=None, uses: int | None = None) -> tuple[object, dict]:
+    """A method's teacher for its training windows (build_teacher, sharing the calibration data's live
+    teacher when there is one) and the description of the objective for the record."""
+    teacher = build_teacher(model, windows, cfg, getattr(calib, "shared_teacher", None), uses)
+    return teacher, describe_objective(cfg, teacher)
+
+
 def describe_objective(cfg, teacher=None) -> dict:
     a = kd_alpha(cfg.objective, cfg.kd_alpha)
     out = {"objective": cfg.objective, "kd_alpha": a, "loss": "(1 - a) * LM + a * T^2 * KL(teacher_T || student_T)",
-           "kd_temperature": cfg.kd_temperature, "chunk_tokens": cfg.loss_chunk_tokens}
+           "kd_temperature": cfg.kd_temperature,
+           "chunk_tokens": cfg.loss_chunk_tokens or f"auto ({CHUNK_ELEMENTS} / vocabulary)"}
     if teacher is not None:
         out.update(teacher.describe())
     return out
 
 
-__all__ = ["OBJECTIVES", "TEACHERS", "LiveTeacher", "CachedTeacher", "build_teacher", "objective_loss",
+__all__ = ["OBJECTIVES", "TEACHERS", "LiveTeacher", "CachedTeacher", "build_teacher", "prepare_teacher",
+           "objective_loss",
            "describe_objective", "kd_alpha", "final_hidden", "head_logits"]

@@ -22,7 +22,7 @@ from ...surgery import slice_hidden_channels
 from ...surgery.heads_ffn import prune_heads_and_ffn
 from ...train.lora import add_lora
 from ...train.loop import train_loop
-from ...train.objective import build_teacher, describe_objective
+from ...train.objective import prepare_teacher
 from ..base import CalibrationData, MethodResult, PruningMethod, register_method
 from .config import CompressoConfig
 from .masks import CompressoMasks, KeptStructure
@@ -64,8 +64,7 @@ def train_masks(model, calib: CalibrationData, cfg: CompressoConfig) -> tuple[ob
     lambdas = [torch.nn.Parameter(torch.tensor(float(v), device=dev)) for v in (0.0, cfg.lambda2_init)]
     for lam in lambdas:
         lam.register_hook(lambda g: -g)  # ascent on the multipliers with the same (descending) optimizer
-    teacher = build_teacher(model, seqs, cfg.train)  # before LoRA and masks: the unpruned model
-    info["objective"] = describe_objective(cfg.train, teacher)
+    teacher, info["objective"] = prepare_teacher(model, seqs, cfg.train, calib)  # before LoRA and masks
     peft_model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     masks.attach(peft_model.get_base_model())
     state = {"step": 0, "lagrangian": 0.0}

@@ -44,7 +44,7 @@ class SliceConfig(ChannelChoice):
         super().__post_init__()
         if not isinstance(self.finetune, bool):
             raise ValueError(f"finetune must be true or false, got {self.finetune!r}")
-        if not self.finetune and self.train != default_schedule():
+        if not self.finetune and replace(self.train, seed=0) != default_schedule():  # the seed is shared
             raise ValueError("training options (steps, lr, objective, ...) apply to slice only with finetune=true "
                              "(--finetune): slicing alone does not train")
 
@@ -77,6 +77,9 @@ class DressConfig(ChannelChoice):
     def __post_init__(self):
         super().__post_init__()
         if self.distill:  # the former switch for distillation, now the objective (the default already)
+            if self.train.objective == "lm":
+                raise ValueError("distill=true asks for distillation but objective is 'lm': drop distill "
+                                 "(the objective decides; kd is the default)")
             self.train = replace(self.train, objective="kd")
         if self.norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")

@@ -7,7 +7,7 @@ import torch
 
 from ...surgery import slice_hidden_channels
 from ...train.loop import train_loop
-from ...train.objective import build_teacher, describe_objective
+from ...train.objective import prepare_teacher
 from ..base import CalibrationData, MethodResult, PruningMethod, register_method
 from ..selection import num_removed, select_channels
 from .config import DressConfig, SliceConfig
@@ -39,8 +39,7 @@ class SliceMethod(PruningMethod):
             return MethodResult(slice_hidden_channels(model, removed, inplace=True), info)
         # The prune-then-train baseline: slice the same channels, then train every weight with the same
         # objective, windows and schedule as a DReSS run (no regularization).
-        teacher = build_teacher(model, calib.regularize, config.train)  # before slicing: the unpruned model
-        info["objective"] = describe_objective(config.train, teacher)
+        teacher, info["objective"] = prepare_teacher(model, calib.regularize, config.train, calib)  # before slicing
         model = slice_hidden_channels(model, removed, inplace=True)
         history = train_loop(model, calib.regularize, config.train, teacher=teacher,
                              desc=f"slice + fine-tuning ({config.train.objective})")
@@ -72,8 +71,7 @@ class DressMethod(SliceMethod):
         def metrics() -> dict:
             return {"reg_loss": reg.value(), "energy_left": reg.energy_left()}
 
-        teacher = build_teacher(model, calib.regularize, config.train)  # the model is still the unpruned one
-        info["objective"] = describe_objective(config.train, teacher)
+        teacher, info["objective"] = prepare_teacher(model, calib.regularize, config.train, calib)  # still unpruned
         history = train_loop(
             model, calib.regularize, config.train,
             extra_loss=reg.loss if config.mode == "loss" else None,

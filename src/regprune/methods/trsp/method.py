@@ -8,7 +8,7 @@ import torch
 
 from ...surgery.layers import get_layers, remove_layers
 from ...train.loop import train_loop
-from ...train.objective import build_teacher, describe_objective
+from ...train.objective import prepare_teacher
 from ..base import CalibrationData, MethodResult, register_method
 from ..blocks.method import BlockRemovalMethod
 from .config import TrspConfig
@@ -164,6 +164,20 @@ def make_near_identity(model, windows: torch.Tensor, cfg: TrspConfig, blocks: li
     return history
 
 
+def stage_windows(windows: torch.Tensor, cfg: TrspConfig) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Stage 1's and stage 2's windows: disjoint (the first stage-1 steps x batch for stage 1, the rest for
+    stage 2) when both stages are given in steps and the windows suffice, so that no step of either stage
+    sees a window an earlier step saw; else both stages walk all of them."""
+    t = cfg.train
+    per_step = t.batch_size * t.grad_accum
+    if cfg.stage1_steps is None or t.steps is None:
+        return windows, windows, False
+    n1, n2 = cfg.stage1_steps * per_step, t.steps * per_step
+    if len(windows) < n1 + n2:
+        return windows, windows, False
+    return windows[:n1], windows[n1:], True
+
+
 @register_method
 class TrspMethod(BlockRemovalMethod):
     name = "trsp"
@@ -176,10 +190,14 @@ class TrspMethod(BlockRemovalMethod):
         if len(windows) == 0:
             raise ValueError("TRSP needs calibration windows to train on")
         gap_windows = windows[: config.num_windows]
-
+        w1, w2, split = stage_windows(windows, config)
         # One teacher for both stages: the model before either (stage 1 does not change the weights).
-        teacher = build_teacher(model, windows, config.train)
-        alphas, h1, trajectory = learn_layer_weights(model, windows, config, k, teacher)
+        teacher, objective = prepare_teacher(model, windows, config.train, calib,
+                                             uses=len(w1) + len(w2) if split else len(windows))
+        t1 = t2 = teacher
+        if teacher is not None and split:
+            t1, t2 = teacher.subset(slice(0, len(w1))), teacher.subset(slice(len(w1), None))
+        alphas, h1, trajectory = learn_layer_weights(model, w1, config, k, t1)
         removed = smallest_abs(alphas, k)
         log.info("TRSP stage 1: selected blocks %s (smallest |alpha|: %s)", removed,
                  ", ".join(f"{alphas[i]:.3f}" for i in removed))
@@ -187,9 +205,8 @@ class TrspMethod(BlockRemovalMethod):
         # Each selected block's penalty is relative to its own gap here: the gaps of one model span 1e-3
         # to 1e2 (SmolLM2-135M), so an unnormalized lam2 would depend on which blocks were selected. A block
         # that already is the identity (gap 0) gets the floor, which pins it there.
-        h2 = make_near_identity(model, windows, config, removed, [max(before[i], 1e-12) for i in removed], teacher)
-        objective = describe_objective(config.train, teacher)
-        del teacher
+        h2 = make_near_identity(model, w2, config, removed, [max(before[i], 1e-12) for i in removed], t2)
+        del teacher, t1, t2
         after = identity_gaps(model, gap_windows, config.batch_size)
         for row in h2:  # one step axis for both stages in the history
             row["step"] += len(h1)
@@ -198,6 +215,7 @@ class TrspMethod(BlockRemovalMethod):
             "selection": "the blocks with the smallest |alpha| after stage 1",
             "layer_weights": alphas,
             "objective": objective,
+            "stage_windows": [len(w1), len(w2)] if split else "both stages on all windows",
             "stage1_steps": len(h1), "stage2_steps": len(h2),
             "stage1_alpha_trajectory": trajectory,
             "identity_gap_before": before, "identity_gap_after": after,
