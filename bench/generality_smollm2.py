@@ -10,8 +10,8 @@ Every pipeline runs in its own process and writes bench/work/generality_smollm2/
 pipelines are skipped, so the benchmark resumes where it stopped (the grid is more CPU than one session
 has). The summary is rewritten after every pipeline: bench/results/generality_smollm2.{json,md}.
 
-    python bench/generality_smollm2.py --data-dir ../shared/data              # everything not done yet
-    python bench/generality_smollm2.py --data-dir ../shared/data --group a    # one priority group
+    python bench/generality_smollm2.py --data-dir DATA                         # everything not done yet
+    python bench/generality_smollm2.py --data-dir DATA --group a              # one priority group
     python bench/generality_smollm2.py --summary-only
 """
 from __future__ import annotations
@@ -183,8 +183,8 @@ def summarize(work: Path = WORK) -> None:
         w, c = p["wikitext2:test"]["ppl"], p["c4:validation"]["ppl"]
         dw, dc = (dense.get(k, {}).get("ppl") for k in ("wikitext2:test", "c4:validation"))
         calib = {MIXTURE: "mixture", WIKI: "WikiText-2"}.get(r.get("calibration"), "—")
-        body.append([name, r["group"], "—" if r.get("ratio") is None else f"{r['ratio']:g}"
-                     + ("" if r["method"] != "trsp" else " (8/30 blocks)"), calib, str(r.get("steps") or 0),
+        ratio = ("8/30 blocks" if r["method"] == "trsp" else "—" if r.get("ratio") is None else f"{r['ratio']:g}")
+        body.append([name, r["group"], ratio, calib, str(r.get("steps") or 0),
                      f"{r['parameters'] / 1e6:.1f}", fmt_ppl(w), f"{w / dw:.2f}×" if dw else "—", fmt_ppl(c),
                      f"{c / dc:.2f}×" if dc else "—", f"{r['wall_seconds'] / 60:.1f}",
                      f"{r['peak_rss_bytes'] / 2**30:.2f}" if r.get("peak_rss_bytes") else "—"])

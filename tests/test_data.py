@@ -31,7 +31,7 @@ def test_offline_data_dir(corpus_dir):
     c4 = load_text("c4:validation", corpus_dir)
     rows = [json.loads(l)["text"] for l in (corpus_dir / "c4/c4-validation.00000-of-00008.head1025.jsonl").open()]
     assert c4 == " ".join(rows)
-    with pytest.raises(DataUnavailable, match="not part of the offline data layout"):
+    with pytest.raises(DataUnavailable, match="wiki.train.raw in the data directory .*regprune data"):
         load_text("wikitext2:train", corpus_dir)
     with pytest.raises(DataUnavailable, match="data directory not found"):
         load_text("wikitext2:test", corpus_dir / "nope")
@@ -172,3 +172,27 @@ def test_auto_num_samples_gives_every_step_new_windows(tiny_model_dir, corpus_di
                          data_dir=corpus_dir)
     assert res.record["data"]["num_samples"] == 8 and res.record["data"]["regularize_windows"] == 6
     assert {h["epoch"] for h in res.record["history"]} == {round(2 / 6, 4), round(4 / 6, 4), 1.0}
+
+
+def test_regprune_data_writes_the_layout_from_the_hub(tmp_path, monkeypatch, capsys):
+    """`regprune data DIR` (hub mocked): every split in the layout that load_text reads back unchanged."""
+    import regprune.data.sources as sources
+    from regprune.cli import main
+
+    def hub(src):
+        if src.name == "c4":
+            return [f"{src.split} doc {i}" for i in range(2000)]
+        if src.name == "ptb":
+            return [f"{src.split} sentence {i}" for i in range(5)]
+        return ["", f" = {src.split} = \n", "", " Text .\n"]
+
+    monkeypatch.setattr(sources, "_hub_rows", hub)
+    d = tmp_path / "data"
+    assert main(["data", str(d)]) == 0 and "--data-dir" in capsys.readouterr().out
+    assert load_text("wikitext2:test", d) == "\n\n".join(hub(parse_source("wikitext2:test")))
+    c4 = load_text("c4:validation", d)
+    assert c4.startswith("validation doc 0 ") and c4.endswith("validation doc 1024")  # the first 1,025 docs
+    assert load_text("ptb:test", d) == " ".join(f"test sentence {i}" for i in range(5))
+    (d / "wikitext-2-raw" / "wiki.test.raw").write_text("mine")
+    assert main(["data", str(d)]) == 0 and (d / "wikitext-2-raw" / "wiki.test.raw").read_text() == "mine"
+    assert main(["data", str(d), "--sources", "c5"]) == 2

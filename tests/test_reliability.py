@@ -476,4 +476,4 @@ def test_objective_flags_reach_the_recovery_of_methods_that_do_not_train(tiny_mo
     refused(capsys, args_for(tiny_model_dir, tmp_path / "o2", corpus_dir, "--method", "shortgpt", "--objective",
                              "lm"), r"--objective: method 'shortgpt' does not train .*--recover")
     refused(capsys, args_for(tiny_model_dir, tmp_path / "o3", corpus_dir, "--method", "slice", "--teacher",
-                             "live"), r"does not train .*--finetune")
+                             "live"), r"only with finetune=true \(--finetune\)")

@@ -116,15 +116,19 @@ def build_calibration(tokenizer, source: str | TextSource = DEFAULT_CALIBRATION,
     return CalibrationData(reg, rec, protocol, tokenizer)
 
 
+def config_trains(config) -> bool:
+    """Whether a method config runs a training loop (slice only with finetune=true)."""
+    return getattr(config, "train", None) is not None and getattr(config, "finetune", True)
+
+
 def auto_num_samples(config, recovery: RecoveryConfig | None = None, regularize_fraction: float = 0.75) -> int:
     """As many windows as the training asks for, so that no step sees a window twice: steps x batch x
     accumulation for the method's run (TRSP: both of its stages; methods that do not train, or
     runs given in epochs: 96), and, with recovery given in steps, enough recovery windows for its steps
     plus the held-out tenth; split 3:1 as always."""
     train = getattr(config, "train", None)
-    trains = train is not None and getattr(config, "finetune", True)
     n_reg = 96
-    if trains and train.steps is not None:
+    if config_trains(config) and train.steps is not None:
         # TRSP's two stages take disjoint windows when both are given in steps (trsp.method.stage_windows).
         n_reg = (train.steps + (getattr(config, "stage1_steps", None) or 0)) * train.batch_size * train.grad_accum
     n = math.ceil(n_reg / regularize_fraction)
@@ -249,7 +253,7 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     # Training keeps fp32 master weights (optimizer state, proximal steps and regularizers on them); a model
     # stored in bf16 / fp16 is upcast for the run and the result cast back to its storage dtype.
     storage = next(model.parameters()).dtype
-    trains = recovery is not None or (hasattr(cfg, "train") and getattr(cfg, "finetune", True))
+    trains = recovery is not None or config_trains(cfg)
     if trains and storage != torch.float32:
         log.info("training with fp32 master weights (the model is stored in %s; the result is cast back)", storage)
         model = model.float()

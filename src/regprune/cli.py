@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -142,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="float32")
     e.add_argument("--device", default="cpu")
 
+    dt = sub.add_parser("data", help="fetch WikiText-2, C4 and PTB from the Hugging Face hub once into a data "
+                        "directory, for offline runs with --data-dir")
+    dt.add_argument("directory", help="where to write wikitext-2-raw/, c4/, ptb/ (existing files are kept)")
+    dt.add_argument("--sources", type=_csv, default=["wikitext2", "c4", "ptb"], help="default wikitext2,c4,ptb")
+
     i = sub.add_parser("info", help="architecture, sizes and what can be pruned; or the list of methods")
     i.add_argument("model", nargs="?")
     i.add_argument("--methods", action="store_true", help="list the pruning methods and their options")
@@ -235,7 +239,7 @@ def _method_options(args) -> dict:
     """The method options given on the command line (flags and -O KEY=VALUE), nothing else."""
     opts = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k, None) is not None}
     opts.update(objective_options(args))
-    if not _method_trains(args.method, opts):
+    if not _method_trains(args.method, {k: v for k, v in opts.items() if k not in OBJECTIVE_FLAGS}):
         # The objective flags then concern --recover only (a method that does not train has no use for them).
         shared = {k: opts.pop(k) for k in OBJECTIVE_FLAGS if k in opts}
         if shared and not args.recover:
@@ -263,13 +267,13 @@ def objective_options(args) -> dict:
 
 
 def _method_trains(method: str, opts: dict) -> bool:
-    from .methods import get_method
+    """Whether the method runs training with these options (bad options: left to the method's own check)."""
+    from .api import check_method_options, config_trains
 
     try:
-        names = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
+        return config_trains(check_method_options(method, opts))
     except RegpruneError:
-        return True  # an unknown method: refused with its own message later
-    return "train" in names and (method != "slice" or bool(opts.get("finetune")))
+        return True
 
 
 def _ppl(model, tokenizer, sources, args) -> dict:
@@ -372,6 +376,18 @@ def _info(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from .data.sources import write_data_dir
+
+    bad = sorted(set(args.sources) - {"wikitext2", "c4", "ptb"})
+    if bad:
+        raise RegpruneError(f"--sources: unknown {', '.join(bad)}; choose from wikitext2, c4, ptb")
+    written = write_data_dir(args.directory, args.sources)
+    print(f"wrote {len(written)} file(s) in {args.directory}" + "".join(f"\n  {p}" for p in written)
+          + f"\nuse it with --data-dir {args.directory} (or REGPRUNE_DATA_DIR={args.directory})")
+    return 0
+
+
 def _report(args) -> int:
     from .report import write_report
 
@@ -418,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     # regprune says what it is doing; other libraries only warn (-v: regprune's debug details too).
     logging.getLogger("regprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        commands = {"prune": _prune, "eval": _eval, "info": _info, "report": _report, "sweep": _sweep,
+        commands = {"prune": _prune, "eval": _eval, "data": _data, "info": _info, "report": _report, "sweep": _sweep,
                     "compare": _compare, "demo": _demo}
         return commands[args.command](args)
     except (RegpruneError, ValueError) as e:

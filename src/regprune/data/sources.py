@@ -29,6 +29,7 @@ EVAL_SPLITS = {("wikitext2", "test"), ("c4", "validation"), ("ptb", "test"), ("b
 
 # Offline layout (that of ../shared/data): split -> file relative to the data directory.
 _OFFLINE_FILES = {
+    ("wikitext2", "train"): "wikitext-2-raw/wiki.train.raw",
     ("wikitext2", "test"): "wikitext-2-raw/wiki.test.raw",
     ("wikitext2", "validation"): "wikitext-2-raw/wiki.valid.raw",
     ("c4", "train"): "c4/c4-train.00000-of-01024.head1041.jsonl",
@@ -184,11 +185,40 @@ def _hub_rows(src: TextSource) -> list[str]:
     except Exception as e:  # the datasets library raises many kinds of network errors
         raise DataUnavailable(
             f"{src} is not reachable on the Hugging Face hub ({e.__class__.__name__}: {str(e)[:200]}) and no "
-            f"data directory was given. Pass --data-dir (or set {DATA_DIR_ENV}) to a folder laid out like "
-            "wikitext-2-raw/wiki.{test,valid}.raw, c4/c4-{train,validation}...jsonl and ptb/ptb.{train,valid,"
-            "test}.txt, or use a local "
-            ".txt/.jsonl file, or builtin:calibration / builtin:eval."
+            f"data directory was given. On a machine with the hub, `regprune data DIR` writes a data directory "
+            f"once; then pass --data-dir DIR (or set {DATA_DIR_ENV}). Or use a local .txt/.jsonl file, or "
+            "builtin:calibration / builtin:eval."
         ) from e
+
+
+# C4 in a data directory: the first documents of one shard per split (the file names say how many), so that
+# the quick protocol's C4 numbers are the same on every machine.
+_C4_HEAD = {"train": 1041, "validation": 1025}
+
+
+def write_data_dir(root: str | os.PathLike, names=("wikitext2", "c4", "ptb")) -> list[Path]:
+    """Fetch the named corpora from the Hugging Face hub once and write them in the data-directory layout
+    (`regprune data DIR`), so that later runs work offline with `--data-dir DIR`. Each file is written
+    atomically; existing files are kept. Returns the files written."""
+    from ..io import atomic_write_text, check_writable
+
+    root = Path(root).expanduser()
+    check_writable(root / "x", "data directory")
+    written = []
+    for (name, split), rel in _OFFLINE_FILES.items():
+        path = root / rel
+        if name not in names or path.exists():
+            continue
+        rows = _hub_rows(TextSource(name, split))
+        if name == "c4":
+            text = "".join(json.dumps({"text": r}) + "\n" for r in rows[: _C4_HEAD[split]])
+        else:  # one row per line, as in the raw files (WikiText rows keep their newline; blank rows are '')
+            text = "".join(r if r.endswith("\n") else r + "\n" for r in rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+        log.info("wrote %s (%d rows)", path, len(rows) if name != "c4" else _C4_HEAD[split])
+        written.append(path)
+    return written
 
 
 def load_text(src: TextSource | str, data_dir: str | os.PathLike | None = None) -> str:
@@ -201,13 +231,10 @@ def load_text(src: TextSource | str, data_dir: str | os.PathLike | None = None) 
         return builtin_text(src.split)
     root = resolve_data_dir(data_dir)
     if root is not None:
-        rel = _OFFLINE_FILES.get((src.name, src.split))
-        if rel is None:
-            raise DataUnavailable(f"{src} is not part of the offline data layout; choose one of "
-                                  + ", ".join(f"{n}:{s}" for n, s in _OFFLINE_FILES))
-        path = root / rel
+        path = root / _OFFLINE_FILES[(src.name, src.split)]  # every named split has its file in the layout
         if not path.is_file():
-            raise DataUnavailable(f"{src}: expected {path} in the data directory")
+            raise DataUnavailable(f"{src}: expected {path} in the data directory (`regprune data {root}` writes "
+                                  "it from the Hugging Face hub)")
         rows = _read_rows(path)
         if src.name == "ptb":  # one sentence per line
             rows = [r.strip() for r in rows if r.strip()]
