@@ -230,3 +230,44 @@ def test_model_stored_in_bf16_trains_on_fp32_master_weights(tiny_model_dir, corp
         model = tiny_model("llama").to(torch.bfloat16)
         train_loop(model, torch.randint(3, 300, (2, 16)), TrainConfig(steps=1, batch_size=2, objective="lm",
                                                                        mixed_precision="bf16"))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_lr_schedule_is_what_the_optimizer_uses(schedule):
+    """The lr the optimizer steps with follows lr_factor: warm-up, then constant or a decay that ends exactly
+    at final_lr_ratio; lr_budget (the DReSS prox scale) is the sum of those factors."""
+    from regprune.train.loop import lr_budget, lr_factor
+
+    model = tiny_model("llama", seed=0)
+    cfg = TrainConfig(lr=1e-3, steps=7, batch_size=2, warmup_steps=2, lr_schedule=schedule, final_lr_ratio=0.1,
+                      objective="lm")
+    windows = torch.randint(3, 300, (14, 9), generator=torch.Generator().manual_seed(0))
+    hist = train_loop(model, windows, cfg)
+    lrs = [h["lr"] / cfg.lr for h in hist]
+    assert lrs == pytest.approx([lr_factor(cfg, s, 7) for s in range(7)])
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert lrs[-1] == pytest.approx(1.0 if schedule == "constant" else 0.1)
+    if schedule != "constant":
+        assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # non-increasing after the warm-up
+    if schedule == "linear":
+        assert lrs[2:] == pytest.approx([1.0, 0.775, 0.55, 0.325, 0.1])
+    assert lr_budget(cfg, 7) == pytest.approx(sum(lrs))
+
+
+def test_lr_schedule_options_are_checked_and_reach_the_cli(tiny_model_dir, corpus_dir, tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, linear"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="final_lr_ratio"):
+        TrainConfig(final_lr_ratio=1.5)
+    from regprune.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["prune", str(tiny_model_dir), "-o", str(out), "--method", "dress", "--ratio", "0.25", "--steps", "3",
+               "--batch-size", "2", "--lr-schedule", "linear", "--final-lr-ratio", "0.5", "--warmup-steps", "0",
+               "--objective", "lm", "--calib", "wikitext2:validation", "--num-samples", "8", "--seq-len", "32",
+               "--data-dir", str(corpus_dir)])
+    assert rc == 0
+    rec = __import__("json").loads((out / "regprune.json").read_text())
+    train = rec["config"]["train"]
+    assert (train["lr_schedule"], train["final_lr_ratio"]) == ("linear", 0.5)
+    assert [round(h["lr"] / train["lr"], 6) for h in rec["history"]] == [1.0, 0.75, 0.5]

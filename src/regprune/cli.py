@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--grad-accum", type=int)
     g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"],
+                   help="after the warm-up: constant (default), or a cosine / linear decay to --final-lr-ratio x lr")
+    g.add_argument("--final-lr-ratio", type=float, help="lr at the last step as a fraction of --lr (default 0)")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="trade compute for memory")
     d = p.add_argument_group("calibration data")
     d.add_argument("--calib", default=DEFAULT_CALIBRATION,
@@ -222,7 +225,8 @@ def _prune(args) -> int:
 # The objective and precision options go to the method's training run and to the LoRA recovery alike.
 OBJECTIVE_FLAGS = ("objective", "kd_alpha", "kd_temperature", "teacher", "teacher_top_k", "mixed_precision")
 METHOD_FLAGS = ("ratio", "layers", "selection", "multiple_of", "norm", "lam", "mode", "lr", "batch_size",
-                "grad_accum", "warmup_steps", "gradient_checkpointing", "finetune") + OBJECTIVE_FLAGS
+                "grad_accum", "warmup_steps", "lr_schedule", "final_lr_ratio", "gradient_checkpointing",
+                "finetune") + OBJECTIVE_FLAGS
 
 
 def _parse_value(key: str, text: str):

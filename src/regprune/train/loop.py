@@ -30,6 +30,9 @@ class TrainConfig:
     batch_size: int = 4
     grad_accum: int = 1
     warmup_steps: int = 0
+    # After the warm-up: "constant", or a decay to final_lr_ratio * lr at the last step ("cosine", "linear").
+    lr_schedule: str = "constant"
+    final_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     seed: int = 0
@@ -58,6 +61,9 @@ class TrainConfig:
         check_number("batch_size", self.batch_size, integer=True, minimum=1)
         check_number("grad_accum", self.grad_accum, integer=True, minimum=1)
         check_number("warmup_steps", self.warmup_steps, integer=True, minimum=0)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        check_number("final_lr_ratio", self.final_lr_ratio, minimum=0.0, maximum=1.0)
         check_number("weight_decay", self.weight_decay, minimum=0.0)
         check_number("max_grad_norm", self.max_grad_norm, minimum=0.0, strict=True, optional=True)
         check_number("seed", self.seed, integer=True)
@@ -87,6 +93,25 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "no", "bf16")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps: int) -> float:
+    """lr of optimizer step `step` (0-based) of a `steps`-step run, as a fraction of cfg.lr: a linear warm-up
+    over cfg.warmup_steps, then constant or a cosine / linear decay to cfg.final_lr_ratio at the last step."""
+    w = min(cfg.warmup_steps, steps)
+    if step < w:
+        return (step + 1) / w
+    if cfg.lr_schedule == "constant" or steps - w <= 1:
+        return 1.0
+    t = (step - w) / (steps - w - 1)  # 0 at the first step after the warm-up, 1 at the last
+    shape = 0.5 * (1 + math.cos(math.pi * t)) if cfg.lr_schedule == "cosine" else 1 - t
+    return cfg.final_lr_ratio + (1 - cfg.final_lr_ratio) * shape
+
+
+def lr_budget(cfg: TrainConfig, steps: int) -> float:
+    """Sum over the run's steps of lr_t / lr (what a proximal penalty spread over the run is scaled by)."""
+    return sum(lr_factor(cfg, s, steps) for s in range(steps))
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -157,8 +182,7 @@ def train_loop(
     groups = [g for g in _param_groups(params or model.parameters()) if g["params"]]
     clipped = [p for g in groups if g.get("clip", True) for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     device = next(model.parameters()).device

@@ -6,7 +6,7 @@ import logging
 import torch
 
 from ...surgery import slice_hidden_channels
-from ...train.loop import train_loop
+from ...train.loop import lr_budget, train_loop
 from ...train.objective import prepare_teacher
 from ..base import CalibrationData, MethodResult, PruningMethod, register_method
 from ..selection import num_removed, select_channels
@@ -49,12 +49,6 @@ class SliceMethod(PruningMethod):
     def check_model(self, model_config, config) -> None:
         super().check_model(model_config, config)
         num_removed(model_config.hidden_size, config.ratio, config.multiple_of, model_config)
-
-
-def lr_budget(cfg, steps: int) -> float:
-    """Sum over steps of lr_t / lr for linear warm-up then constant."""
-    w = min(cfg.warmup_steps, steps)
-    return sum(min(1.0, (s + 1) / w) if w else 1.0 for s in range(steps))
 
 
 @register_method
