@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -27,6 +28,7 @@ from .models.load import LoadedModel, load_model
 from .models.save import check_output_dir, save_model
 from .validate import check_config_types, check_number, check_value_type, field_types
 from .record import count_parameters, peak_rss_bytes, versions
+from .train.checkpoint import RunCheckpoints
 from .train.lora import RecoveryConfig, recover_with_lora
 from .train.objective import LiveTeacher, build_teacher
 
@@ -38,9 +40,17 @@ class PruneResult:
     model: object
     tokenizer: object
     record: dict = field(default_factory=dict)
+    checkpoints: RunCheckpoints | None = None  # the run's training checkpoints, removed once the result is saved
 
     def save(self, out_dir) -> str:
-        return str(save_model(self.model, self.tokenizer, out_dir, self.record))
+        path = str(save_model(self.model, self.tokenizer, out_dir, self.record))
+        self.discard_checkpoints()
+        return path
+
+    def discard_checkpoints(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.remove()
+            self.checkpoints = None
 
 
 SAMPLINGS = ("distinct", "random")
@@ -208,13 +218,18 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
           num_samples: int | str = "auto", seq_len: int = 512, seed: int = 0, data_dir=None,
           sampling: str = "distinct",
           recovery: RecoveryConfig | None = None, eval_sources: list[str] = (), dtype: str = "float32",
-          device: str = "cpu", inplace: bool = False, **options) -> PruneResult:
+          device: str = "cpu", inplace: bool = False, checkpoint_dir=None, checkpoint_every: int | None = None,
+          resume: bool = False, **options) -> PruneResult:
     """Prune `model` (a loaded model, or anything `load_model` accepts) and return the smaller model.
 
     The input model is not modified: a model object passed in is copied first, unless `inplace=True`
     (no second copy in memory; the object passed in is then consumed). Extra keyword options go to the
     method's config (e.g. ratio=0.25, norm="l1", lam=2.0, steps=40, lr=1e-4). `num_samples="auto"`:
     as many calibration windows as the run needs to see a new window at every step (auto_num_samples).
+
+    `checkpoint_dir`: keep resumable training checkpoints there (train/checkpoint.py), every
+    `checkpoint_every` optimizer steps and at the end of each training call; `resume=True` continues the run
+    that left them (same settings required). They are removed when the result is saved (PruneResult.save).
     """
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -262,18 +277,28 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         rec_teacher = build_teacher(model, calib_data.recovery, recovery.train)
         if isinstance(rec_teacher, LiveTeacher):
             calib_data.shared_teacher = rec_teacher  # the method's live teacher is the same model: one copy
-    t_method = time.perf_counter()
-    result = m.run(model, calib_data, cfg)
-    method_seconds = time.perf_counter() - t_method
-    pruned = result.model
-    rec_info = None
-    log.info("pruned in %.0fs: %d -> %d parameters", method_seconds, params_before, count_parameters(pruned))
-    if recovery is not None:
-        log.info("recovery: LoRA r=%d on %d windows", recovery.r, len(calib_data.recovery))
-        t_rec = time.perf_counter()
-        pruned, rec_info = recover_with_lora(pruned, calib_data.recovery, recovery, rec_teacher)
-        del rec_teacher
-        rec_info["seconds"] = time.perf_counter() - t_rec
+    ckpts = None
+    if checkpoint_dir is not None:
+        identity = {"model": source or getattr(model.config, "_name_or_path", None), "method": method,
+                    "config": dataclasses.asdict(cfg), "calibration": calib, "num_samples": num_samples,
+                    "seq_len": seq_len, "seed": seed, "sampling": sampling, "storage_dtype": str(storage),
+                    "recovery": None if recovery is None else dataclasses.asdict(recovery)}
+        ckpts = RunCheckpoints(checkpoint_dir, identity, every=checkpoint_every, resume=resume)
+    elif resume or checkpoint_every is not None:
+        raise RegpruneError("resume and checkpoint_every need a checkpoint_dir (the CLI keeps it next to the output)")
+    with ckpts.active() if ckpts is not None else contextlib.nullcontext():
+        t_method = time.perf_counter()
+        result = m.run(model, calib_data, cfg)
+        method_seconds = time.perf_counter() - t_method
+        pruned = result.model
+        rec_info = None
+        log.info("pruned in %.0fs: %d -> %d parameters", method_seconds, params_before, count_parameters(pruned))
+        if recovery is not None:
+            log.info("recovery: LoRA r=%d on %d windows", recovery.r, len(calib_data.recovery))
+            t_rec = time.perf_counter()
+            pruned, rec_info = recover_with_lora(pruned, calib_data.recovery, recovery, rec_teacher)
+            del rec_teacher
+            rec_info["seconds"] = time.perf_counter() - t_rec
     if next(pruned.parameters()).dtype != storage:
         pruned = pruned.to(storage)
     pruned.eval()
@@ -296,7 +321,9 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         "metrics": {},
     }
     record["parameter_ratio"] = record["parameters_after"] / params_before
-    return PruneResult(pruned, tokenizer, record)
+    if ckpts is not None:
+        record["resumed"] = resume
+    return PruneResult(pruned, tokenizer, record, ckpts)
 
 
 def evaluate(model, tokenizer=None, *, ppl=("wikitext2",), seq_len: int = 512, max_windows: int | None = 64,

@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the warm-up: constant (default), or a cosine / linear decay to --final-lr-ratio x lr")
     g.add_argument("--final-lr-ratio", type=float, help="lr at the last step as a fraction of --lr (default 0)")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="trade compute for memory")
+    g.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="save a resumable training checkpoint every N optimizer steps (and at the end of each "
+                   "training stage) in .OUTPUT.checkpoints next to the output; removed once the output is saved")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run whose checkpoints are next to the output (same settings)")
     d = p.add_argument_group("calibration data")
     d.add_argument("--calib", default=DEFAULT_CALIBRATION,
                    help=f"calibration source or weighted mixture SOURCE[@WEIGHT],... (default {DEFAULT_CALIBRATION}; "
@@ -190,7 +195,8 @@ def _prune(args) -> int:
             dense_metrics = _ppl(loaded.model, loaded.tokenizer, plan.eval_sources, args)
         res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=plan.num_samples,
                         seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=plan.recovery,
-                        sampling=args.sampling,
+                        sampling=args.sampling, checkpoint_dir=plan.checkpoint_dir,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume,
                         eval_sources=plan.eval_sources, inplace=True, **plan.options)
         del loaded
         rec = res.record
@@ -206,6 +212,7 @@ def _prune(args) -> int:
             if dense_metrics is not None:
                 rec["metrics"]["dense"] = dense_metrics
         path = save_model(res.model, res.tokenizer, plan.output, rec, lock=plan.lock)
+        res.discard_checkpoints()  # the output is complete
         if eval_error is not None and not isinstance(eval_error, Exception):  # KeyboardInterrupt, SystemExit
             print(f"regprune: interrupted during the evaluation; the pruned model was saved to {path}",
                   file=sys.stderr)

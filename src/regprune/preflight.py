@@ -52,6 +52,7 @@ class PrunePlan:
     recovery: object = None
     model_config: object = None
     notes: list = field(default_factory=list)
+    checkpoint_dir: Path | None = None  # --checkpoint-every / --resume: next to the output
 
 
 def check_prune(args, options: dict) -> PrunePlan:
@@ -68,7 +69,9 @@ def check_prune(args, options: dict) -> PrunePlan:
     from .train.loop import TrainConfig
 
     # 1. numbers
-    _numbers(eval_number_checks(args) + [("--seed", args.seed, dict(integer=True))])
+    _numbers(eval_number_checks(args) + [("--seed", args.seed, dict(integer=True)),
+                                         ("--checkpoint-every", getattr(args, "checkpoint_every", None),
+                                          dict(integer=True, minimum=1, optional=True))])
     recovery = None
     if args.recover:
         try:
@@ -113,7 +116,23 @@ def check_prune(args, options: dict) -> PrunePlan:
         lock.release()
         raise
     notes = [f"left as found: {p}" for p in stale_partials(out)]
-    return PrunePlan(out, lock, options, eval_sources, num_samples, recovery, model_config, notes)
+    ckdir = None
+    if getattr(args, "checkpoint_every", None) is not None or getattr(args, "resume", False):
+        from .train.checkpoint import checkpoint_dir_for
+
+        ckdir = checkpoint_dir_for(out)
+    elif checkpoint_dir_for_exists(out):
+        lock.release()
+        raise RegpruneError(f"an interrupted run left checkpoints for {out} in {checkpoint_dir_for_exists(out)}: add "
+                            "--resume (with the same settings) to continue it, or delete that directory")
+    return PrunePlan(out, lock, options, eval_sources, num_samples, recovery, model_config, notes, ckdir)
+
+
+def checkpoint_dir_for_exists(out: Path) -> Path | None:
+    from .train.checkpoint import checkpoint_dir_for
+
+    d = checkpoint_dir_for(out)
+    return d if d.exists() else None
 
 
 def _check_lengths(model: str, texts: dict, calibs: list, seq_len: int, eval_sources: list, eval_seq_len: int) -> None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..validate import check_number
+from .checkpoint import active_checkpoints
 from .objective import OBJECTIVES, TEACHERS, kd_alpha, objective_loss
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ def train_loop(
     should_stop: Callable[[float], bool] | None = None,
     teacher=None,
     desc: str = "train",
+    resumable_state: dict | None = None,
 ) -> list[dict]:
     """Train in place on `cfg.objective` (train/objective.py); return the history (one dict per step).
 
@@ -169,7 +171,11 @@ def train_loop(
     carry loss. `teacher`: the unpruned model's LiveTeacher / CachedTeacher (build_teacher; a cached one
     must have been built for these `windows`), needed unless the objective is "lm". The LM loss is logged
     whatever the objective. `params` is a list of parameters or of torch param-group dicts (own `lr`,
-    `weight_decay`; `"clip": False` keeps a group out of gradient clipping)."""
+    `weight_decay`; `"clip": False` keeps a group out of gradient clipping).
+
+    Inside `RunCheckpoints.active()` (train/checkpoint.py) the loop saves a checkpoint every N steps and at
+    its end, and continues from a saved one; `resumable_state` names the caller's own mutable dicts / lists
+    that change during the loop (hooks' counters, early-stopping records), saved and restored with it."""
     steps = cfg.total_steps(len(windows))
     alpha = kd_alpha(cfg.objective, cfg.kd_alpha)
     if alpha > 0 and teacher is None:
@@ -183,8 +189,6 @@ def train_loop(
     clipped = [p for g in groups if g.get("clip", True) for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps))
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg, device)
     if amp is not None and any(g["params"][0].dtype != torch.float32 for g in groups):
@@ -192,10 +196,25 @@ def train_loop(
                          "a model stored in bf16/fp16 for training and casts the result back)")
     batches = _batches(windows, cfg.batch_size, cfg.seed)
     history: list[dict] = []
+    seen, start, t_before = 0, 0, 0.0
+    state = resumable_state or {}
+    runs = active_checkpoints()
+    ckpt = runs.next_call(desc) if runs is not None else None
+    if ckpt is not None:
+        got = ckpt.load(steps=steps, groups=groups, optimizer=opt, scheduler=sched, state=state)
+        if got is not None:
+            start, history, finished = got
+            if finished:  # this call completed before the interruption: its result is restored
+                model.eval()
+                return history
+            for _ in range(start * cfg.grad_accum):  # the data position: replay the seeded order
+                seen += len(next(batches)[0])
+            t_before = history[-1]["seconds"] if history else 0.0
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc)
-    seen = 0
+    t0 = time.perf_counter() - t_before
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps)
     try:
         for step in bar:
             totals = {"loss": 0.0, "lm_loss": 0.0, "distill_loss": 0.0, "extra_loss": 0.0}
@@ -240,7 +259,11 @@ def train_loop(
             history.append(row)
             bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()
                              if k not in ("step", "seconds", "lr", "epoch")})
-            if "eval_loss" in row and should_stop is not None and should_stop(row["eval_loss"]):
+            stop = "eval_loss" in row and should_stop is not None and should_stop(row["eval_loss"])
+            if ckpt is not None and (stop or ckpt.due(step + 1, steps)):
+                ckpt.save(step=step + 1, steps=steps, finished=stop or step + 1 == steps, groups=groups,
+                          optimizer=opt, scheduler=sched, history=history, state=state)
+            if stop:
                 log.info("early stop at step %d", step + 1)
                 break
     finally:

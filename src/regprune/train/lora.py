@@ -94,7 +94,8 @@ def recover_with_lora(model, windows: torch.Tensor, cfg: RecoveryConfig, teacher
         return state["bad"] >= cfg.patience
 
     history = train_loop(peft_model, train_w, cfg.train, evaluate=evaluate, eval_every=cfg.eval_every,
-                         should_stop=should_stop, teacher=t_train, desc=f"recovery (LoRA, {cfg.train.objective})")
+                         should_stop=should_stop, teacher=t_train, desc=f"recovery (LoRA, {cfg.train.objective})",
+                         resumable_state={"early_stop": state, "best_adapter": best_adapter})
     peft_model.load_state_dict(best_adapter, strict=False)
     merged = peft_model.merge_and_unload()
     info = {"initial_eval_loss": initial, "best_eval_loss": state["best"], "best_step": state["best_step"],

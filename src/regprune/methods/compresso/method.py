@@ -94,7 +94,7 @@ def train_masks(model, calib: CalibrationData, cfg: CompressoConfig) -> tuple[ob
     try:
         history = train_loop(peft_model, seqs, cfg.train, params=groups, teacher=teacher,
                              extra_loss=lagrangian, after_step=after_step, metrics=metrics,
-                             desc="Compresso (masks + LoRA)")
+                             desc="Compresso (masks + LoRA)", resumable_state={"compresso": state, "mask_noise": masks.generator})
     finally:
         masks.detach()
         del teacher

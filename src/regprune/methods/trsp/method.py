@@ -138,7 +138,8 @@ def learn_layer_weights(model, windows: torch.Tensor, cfg: TrspConfig, k: int, t
 
             history = train_loop(model, windows, cfg.stage1_train(), params=[scales.alpha], teacher=teacher,
                                  extra_loss=lambda: cfg.lam1 * scales.penalty(), metrics=metrics,
-                                 desc=f"TRSP stage 1: layer weights (lam1={cfg.lam1:g})")
+                                 desc=f"TRSP stage 1: layer weights (lam1={cfg.lam1:g})",
+                                 resumable_state={"trajectory": trajectory})
             alphas = scales.alpha.detach().tolist()
     finally:
         for p, f in zip(model.parameters(), flags):
