@@ -142,9 +142,15 @@ def run_one(name: str, data_dir: str, work: Path) -> None:
             # (TRSP: its two stages on disjoint windows); methods that do not train score on the first of 96.
             if ratio is not None:
                 kw["ratio"] = ratio
+            # Checkpoints every 8 steps: a pipeline killed at the end of a session resumes in the next one.
+            ck = dict(checkpoint_dir=work / "checkpoints" / name, checkpoint_every=8, resume=True) if steps else {}
+            resumed = steps and (work / "checkpoints" / name).exists()
             res = regprune.prune(loaded, method=method, calib=calib, num_samples="auto", seq_len=512, seed=0,
                                  data_dir=data_dir, inplace=True, sampling="distinct",
-                                 eval_sources=["wikitext2:test", "c4:validation"], **kw)
+                                 eval_sources=["wikitext2:test", "c4:validation"], **ck, **kw)
+            if resumed:
+                row["resumed"] = "from a checkpoint of an earlier session: wall time covers only this part"
+            res.discard_checkpoints()
             rec = res.record
             hist = rec.get("history") or []
             details = rec.get("method_details") or {}
