@@ -22,6 +22,7 @@ from .data.sources import (DEFAULT_CALIBRATION, PAPER_CALIBRATION, TextSource, c
                            load_text, parse_mixture, parse_source)
 from .data.instructions import instruction_windows, is_instruction_file
 from .data.windows import sample_distinct_windows, sample_windows, split_windows, tokenize
+from . import distributed
 from .errors import RegpruneError
 from .methods import CalibrationData, get_method
 from .models.load import LoadedModel, load_model
@@ -278,6 +279,9 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         if isinstance(rec_teacher, LiveTeacher):
             calib_data.shared_teacher = rec_teacher  # the method's live teacher is the same model: one copy
     ckpts = None
+    if checkpoint_dir is not None and distributed.world_size() > 1:
+        raise RegpruneError("checkpoints (--checkpoint-every / --resume) are not supported in multi-process runs yet: "
+                            "run without them, or in one process")
     if checkpoint_dir is not None:
         identity = {"model": source or getattr(model.config, "_name_or_path", None), "method": method,
                     "config": dataclasses.asdict(cfg), "calibration": calib, "num_samples": num_samples,
@@ -323,6 +327,9 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     record["parameter_ratio"] = record["parameters_after"] / params_before
     if ckpts is not None:
         record["resumed"] = resume
+    record["distributed"] = None if distributed.world_size() == 1 else {
+        "processes": distributed.world_size(), "backend": torch.distributed.get_backend(),
+        "sharding": "FSDP2 fully_shard"}
     return PruneResult(pruned, tokenizer, record, ckpts)
 
 

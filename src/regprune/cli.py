@@ -179,46 +179,107 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _prune(args) -> int:
-    from . import api
-    from .models.load import load_model
-    from .models.save import save_model
+def check_distributed_plan(args, plan, world: int) -> None:
+    """What a multi-process run needs beyond the one-process checks: batches that split evenly."""
+    from .api import check_method_options, config_trains
+
+    if args.checkpoint_every is not None or args.resume:
+        raise RegpruneError("checkpoints (--checkpoint-every / --resume) are not supported in multi-process runs "
+                            "yet: run without them, or as one process")
+    cfg = check_method_options(args.method, plan.options)
+    runs = [("--batch-size", cfg.train.batch_size)] if config_trains(cfg) else []
+    if plan.recovery is not None:
+        runs.append(("--batch-size (recovery)", plan.recovery.train.batch_size))
+    for flag, b in runs:
+        if b % world:
+            raise RegpruneError(f"{flag} {b} must be a multiple of the number of processes ({world}): each "
+                                "process takes an equal part of every batch")
+
+
+def _prune_distributed(args, device: str) -> int:
+    """`regprune prune` as one of several processes (torchrun / accelerate launch): every process validates
+    (process 0 also takes the output lock) and runs the same pipeline, the training loops shard the model
+    over all of them (regprune/distributed.py); process 0 alone evaluates and writes the output."""
+    from . import distributed
     from .preflight import check_prune
 
+    main = distributed.is_main()
+    plan, error = None, None
+    try:
+        plan = check_prune(args, _method_options(args), take_lock=main)
+        check_distributed_plan(args, plan, distributed.world_size())
+    except (RegpruneError, ValueError) as e:
+        error = f"process {distributed.rank()}: {e}"
+    errors = distributed.gather_objects(error)
+    if any(errors):  # every process stops, with the same message, before any work
+        if plan is not None and plan.lock is not None:
+            plan.lock.release()
+        raise RegpruneError(next(e for e in errors if e))
+    try:
+        rc = _run_prune(args, plan, device, writes=main)
+        distributed.barrier()
+        return rc
+    finally:
+        if plan.lock is not None:
+            plan.lock.release()
+
+
+def _run_prune(args, plan, device: str, writes: bool = True) -> int:
+    """Load, prune and (`writes`: the process that writes) evaluate and save, as `plan` says."""
+    from . import api, distributed
+    from .models.load import load_model
+
+    loaded = load_model(args.model, dtype=args.dtype, device=device)
+    dense_metrics = None
+    if writes and args.compare_dense and plan.eval_sources:
+        dense_metrics = _ppl(loaded.model, loaded.tokenizer, plan.eval_sources, args)
+    distributed.barrier()
+    res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=plan.num_samples,
+                    seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=plan.recovery,
+                    sampling=args.sampling, checkpoint_dir=plan.checkpoint_dir,
+                    checkpoint_every=args.checkpoint_every, resume=args.resume,
+                    eval_sources=plan.eval_sources, inplace=True, **plan.options)
+    del loaded
+    return _finish_prune(args, plan, res, dense_metrics) if writes else 0
+
+
+def _prune(args) -> int:
+    from . import distributed
+    from .preflight import check_prune
+
+    device = distributed.init_from_env(args.device)  # torchrun / accelerate launch: join the process group
+    if distributed.world_size() > 1:
+        return _prune_distributed(args, device)
     plan = check_prune(args, _method_options(args))  # everything checked before any weight is loaded
     try:
         for note in plan.notes:
             log.warning(note)
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-        dense_metrics = None
-        if args.compare_dense and plan.eval_sources:
-            dense_metrics = _ppl(loaded.model, loaded.tokenizer, plan.eval_sources, args)
-        res = api.prune(loaded, method=args.method, calib=args.calib, num_samples=plan.num_samples,
-                        seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=plan.recovery,
-                        sampling=args.sampling, checkpoint_dir=plan.checkpoint_dir,
-                        checkpoint_every=args.checkpoint_every, resume=args.resume,
-                        eval_sources=plan.eval_sources, inplace=True, **plan.options)
-        del loaded
-        rec = res.record
-        print(f"pruned: {rec['parameters_before']:,} -> {rec['parameters_after']:,} parameters "
-              f"({rec['parameter_ratio']:.3f}), method {args.method} in {rec['timing']['method_seconds']:.0f}s")
-        eval_error = None
-        if plan.eval_sources:  # measured before saving, so that the record is complete when it appears
-            try:
-                rec["metrics"]["pruned"] = _ppl(res.model, res.tokenizer, plan.eval_sources, args)
-            except BaseException as e:  # whatever goes wrong (out of memory, Ctrl-C), the pruning is kept
-                eval_error = e
-                rec["metrics_error"] = f"{e.__class__.__name__}: {e}"
-            if dense_metrics is not None:
-                rec["metrics"]["dense"] = dense_metrics
-        path = save_model(res.model, res.tokenizer, plan.output, rec, lock=plan.lock)
-        res.discard_checkpoints()  # the output is complete
-        if eval_error is not None and not isinstance(eval_error, Exception):  # KeyboardInterrupt, SystemExit
-            print(f"regprune: interrupted during the evaluation; the pruned model was saved to {path}",
-                  file=sys.stderr)
-            raise eval_error
+        return _run_prune(args, plan, device)
     finally:
         plan.lock.release()
+
+
+def _finish_prune(args, plan, res, dense_metrics) -> int:
+    """Evaluate (before saving, so that the record is complete when the directory appears) and save."""
+    from .models.save import save_model
+
+    rec = res.record
+    print(f"pruned: {rec['parameters_before']:,} -> {rec['parameters_after']:,} parameters "
+          f"({rec['parameter_ratio']:.3f}), method {args.method} in {rec['timing']['method_seconds']:.0f}s")
+    eval_error = None
+    if plan.eval_sources:
+        try:
+            rec["metrics"]["pruned"] = _ppl(res.model, res.tokenizer, plan.eval_sources, args)
+        except BaseException as e:  # whatever goes wrong (out of memory, Ctrl-C), the pruning is kept
+            eval_error = e
+            rec["metrics_error"] = f"{e.__class__.__name__}: {e}"
+        if dense_metrics is not None:
+            rec["metrics"]["dense"] = dense_metrics
+    path = save_model(res.model, res.tokenizer, plan.output, rec, lock=plan.lock)
+    res.discard_checkpoints()  # the output is complete
+    if eval_error is not None and not isinstance(eval_error, Exception):  # KeyboardInterrupt, SystemExit
+        print(f"regprune: interrupted during the evaluation; the pruned model was saved to {path}", file=sys.stderr)
+        raise eval_error
     if eval_error is not None:
         print(f"regprune: error: the pruned model was saved to {path}, but its evaluation failed: {eval_error}. "
               f"Evaluate it with `regprune eval {path} --ppl ...`.", file=sys.stderr)
@@ -440,10 +501,20 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # regprune says what it is doing; other libraries only warn (-v: regprune's debug details too).
-    logging.getLogger("regprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    logging.basicConfig(level=logging.WARNING, format=("" if rank is None else f"[rank {rank}] ")
+                        + "%(levelname)s %(name)s: %(message)s")
+    # regprune says what it is doing; other libraries only warn (-v: regprune's debug details too). In a
+    # multi-process run only process 0 reports progress.
+    logging.getLogger("regprune").setLevel(logging.DEBUG if args.verbose else logging.INFO if rank in (None, "0")
+                                           else logging.WARNING)
+    if rank is not None and args.command != "prune":
+        print(f"regprune: error: only `regprune prune` runs as several processes (torchrun / accelerate launch); "
+              f"run `regprune {args.command}` as one process", file=sys.stderr)
+        return 2
     try:
         commands = {"prune": _prune, "eval": _eval, "data": _data, "info": _info, "report": _report, "sweep": _sweep,
                     "compare": _compare, "demo": _demo}

@@ -45,7 +45,7 @@ class PrunePlan:
     """What the validation pass established for `regprune prune`."""
 
     output: Path
-    lock: OutputLock
+    lock: OutputLock | None
     options: dict
     eval_sources: list
     num_samples: int
@@ -55,9 +55,10 @@ class PrunePlan:
     checkpoint_dir: Path | None = None  # --checkpoint-every / --resume: next to the output
 
 
-def check_prune(args, options: dict) -> PrunePlan:
+def check_prune(args, options: dict, *, take_lock: bool = True) -> PrunePlan:
     """Validate a `regprune prune` command line (see the module docstring). On success the output lock is
-    held: release it with `plan.lock.release()` when done."""
+    held: release it with `plan.lock.release()` when done. `take_lock=False` (the other processes of a
+    multi-process run, which do not write): every check but the lock; `plan.lock` is then None."""
     from .api import auto_num_samples, check_calibration_sizes, check_method_options, check_model_for_method
     from .cli import objective_options
     from .api import SAMPLINGS
@@ -108,12 +109,14 @@ def check_prune(args, options: dict) -> PrunePlan:
     # 6. lengths, in tokens
     _check_lengths(args.model, texts, [c for c in calibs if c in texts], args.seq_len, eval_sources,
                    args.eval_seq_len)
-    lock = OutputLock(out, "output directory").acquire()
+    lock = OutputLock(out, "output directory").acquire() if take_lock else None
     try:
-        clean_stale_partials(out)
+        if lock is not None:
+            clean_stale_partials(out)
         check_output_dir(out)  # may have appeared while we checked
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     notes = [f"left as found: {p}" for p in stale_partials(out)]
     ckdir = None
@@ -122,7 +125,8 @@ def check_prune(args, options: dict) -> PrunePlan:
 
         ckdir = checkpoint_dir_for(out)
     elif checkpoint_dir_for_exists(out):
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise RegpruneError(f"an interrupted run left checkpoints for {out} in {checkpoint_dir_for_exists(out)}: add "
                             "--resume (with the same settings) to continue it, or delete that directory")
     return PrunePlan(out, lock, options, eval_sources, num_samples, recovery, model_config, notes, ckdir)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..validate import check_number
+from ..distributed import sharded
 from .checkpoint import active_checkpoints
 from .objective import OBJECTIVES, TEACHERS, kd_alpha, objective_loss
 
@@ -186,20 +187,29 @@ def train_loop(
                     "give more calibration windows (--num-samples) to see new text at every step", desc, steps,
                     per_step, steps * per_step, len(windows), steps * per_step / len(windows))
     groups = [g for g in _param_groups(params or model.parameters()) if g["params"]]
-    clipped = [p for g in groups if g.get("clip", True) for p in g["params"]]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps))
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg, device)
     if amp is not None and any(g["params"][0].dtype != torch.float32 for g in groups):
         raise ValueError("mixed precision keeps fp32 master weights: train a float32 model (regprune.prune upcasts "
                          "a model stored in bf16/fp16 for training and casts the result back)")
+    runs = active_checkpoints()
+    ckpt = runs.next_call(desc) if runs is not None else None
+    # In a multi-process launch the model is sharded over the processes for the loop (distributed.py).
+    with sharded(model, cfg.batch_size) as sh:
+        groups = [{**g, "params": [sh.param(p) for p in g["params"]]} for g in groups]
+        return _run(model, windows, cfg, steps, alpha, groups, device, amp, sh, ckpt, extra_loss, after_step,
+                    metrics, evaluate, eval_every, should_stop, teacher, desc, resumable_state or {})
+
+
+def _run(model, windows, cfg, steps, alpha, groups, device, amp, sh, ckpt, extra_loss, after_step, metrics,
+         evaluate, eval_every, should_stop, teacher, desc, state) -> list[dict]:
+    clipped = [p for g in groups if g.get("clip", True) for p in g["params"]]
+    trained = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps))
     batches = _batches(windows, cfg.batch_size, cfg.seed)
     history: list[dict] = []
     seen, start, t_before = 0, 0, 0.0
-    state = resumable_state or {}
-    runs = active_checkpoints()
-    ckpt = runs.next_call(desc) if runs is not None else None
     if ckpt is not None:
         got = ckpt.load(steps=steps, groups=groups, optimizer=opt, scheduler=sched, state=state)
         if got is not None:
@@ -214,17 +224,29 @@ def train_loop(
         model.gradient_checkpointing_enable()
     model.train()
     t0 = time.perf_counter() - t_before
-    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps)
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=sh.rank != 0 or None)
     try:
         for step in bar:
             totals = {"loss": 0.0, "lm_loss": 0.0, "distill_loss": 0.0, "extra_loss": 0.0}
             for _ in range(cfg.grad_accum):
                 rows, batch = next(batches)
+                seen += len(rows)
+                if len(rows) % sh.world:
+                    raise ValueError(f"a batch of {len(rows)} windows cannot be split over {sh.world} processes: "
+                                     "give more calibration windows or another --batch-size")
+                rows, batch = sh.local(rows, batch)
                 batch = batch.to(device)
                 ids, mask = (batch[:, 0], batch[:, 1]) if batch.dim() == 3 else (batch, None)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss, parts = objective_loss(model, ids, mask, alpha=alpha, temperature=cfg.kd_temperature,
-                                                 teacher=teacher, rows=rows, chunk_tokens=cfg.loss_chunk_tokens)
+                    kw = dict(alpha=alpha, temperature=cfg.kd_temperature, teacher=teacher, rows=rows,
+                              chunk_tokens=cfg.loss_chunk_tokens)
+                    if sh.root is None:
+                        loss, parts = objective_loss(model, ids, mask, **kw)
+                    else:  # sharded: the same function, run as the forward of the FSDP root (distributed.py)
+                        loss, parts = sh.root(ids, mask, **kw)
+                if sh.active:  # each process's mean weighs by its share of the batch's loss tokens
+                    tokens = (ids.shape[1] - 1) * len(ids) if mask is None else float(mask[:, 1:].sum())
+                    loss = loss * sh.token_weight(tokens)
                 totals["lm_loss"] += parts["lm_loss"] / cfg.grad_accum
                 if parts["distill_loss"] is not None:
                     totals["distill_loss"] += parts["distill_loss"] / cfg.grad_accum
@@ -234,7 +256,7 @@ def train_loop(
                     loss = loss + extra
                 totals["loss"] += loss.item() / cfg.grad_accum
                 (loss / cfg.grad_accum).backward()
-                seen += len(rows)
+            sh.average_replicated_grads(trained)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(clipped, cfg.max_grad_norm)
             lr_now = opt.param_groups[0]["lr"]
@@ -243,6 +265,9 @@ def train_loop(
             sched.step()
             if after_step is not None:
                 after_step(step, lr_now)
+            if sh.active:
+                keys = list(totals)
+                totals = dict(zip(keys, sh.mean([totals[k] for k in keys])))
             row = {"step": step + 1, "lm_loss": totals["lm_loss"], "lr": lr_now,
                    "epoch": round(seen / len(windows), 4), "seconds": time.perf_counter() - t0}
             if alpha > 0:

@@ -8,6 +8,7 @@ import torch
 
 from ..arch import get_arch
 from ..validate import check_number
+from ..distributed import full
 from .loop import TrainConfig, train_loop
 from .objective import describe_objective, kd_alpha, objective_loss
 
@@ -75,7 +76,8 @@ def recover_with_lora(model, windows: torch.Tensor, cfg: RecoveryConfig, teacher
         t_train, t_eval = teacher.subset(slice(n_eval, None)), teacher.subset(slice(0, n_eval))
     peft_model = add_lora(model, cfg.r, cfg.alpha, cfg.dropout)
     def adapter() -> dict:
-        return {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
+        # full tensors also while the loop has the model sharded over processes (distributed.full)
+        return {k: full(v.detach()).clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
 
     initial = _mean_loss(peft_model, eval_w, cfg.train, t_eval)
     state = {"best": initial, "bad": 0, "evals": 0, "best_step": 0}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ...arch import hidden_channel_slices
+from ...distributed import channel_sums, channel_sums_with_grad, scale_channels
 
 
 class ChannelRegularizer:
@@ -22,25 +23,26 @@ class ChannelRegularizer:
             self.initial_kept = [self._rms(s, self.keep_idx) for s in self.slices]
             self.initial_energy = [self._energy(s) for s in self.slices]
 
+    # Every number below goes through distributed.channel_sums, so it is the same on a model sharded over
+    # processes (FSDP2, inside the training loop) as on a whole one.
     @staticmethod
     def _rms(s, idx) -> float:
-        return s.param.detach().float().index_select(s.dim, idx).pow(2).mean().sqrt().item()
+        p = s.param
+        per_channel = p.numel() // p.shape[s.dim]
+        return (channel_sums(p, s.dim, idx, torch.square).sum() / (per_channel * len(idx))).sqrt().item()
 
     def _energy(self, s) -> float:
-        return s.param.detach().float().index_select(s.dim, self.idx).pow(2).sum().item()
-
-    def _per_channel(self, sel: torch.Tensor, dim: int) -> torch.Tensor:
-        """[k] per-channel norms of a selected block: l2 group norm or l1 sum."""
-        other = tuple(i for i in range(sel.dim()) if i != dim)
-        if self.norm == "l2":
-            return sel.pow(2).sum(dim=other).sqrt() if other else sel.abs()
-        return sel.abs().sum(dim=other) if other else sel.abs()
+        return channel_sums(s.param, s.dim, self.idx, torch.square).sum().item()
 
     def loss(self) -> torch.Tensor:
         """Paper form: lam * sum over tensors and selected channels of the slice norm (with autograd)."""
         total = 0.0
         for s in self.slices:
-            total = total + self._per_channel(s.param.index_select(s.dim, self.idx), s.dim).sum()
+            if self.norm == "l2":
+                per = channel_sums_with_grad(s.param, s.dim, self.idx, torch.square).clamp_min(1e-30).sqrt()
+            else:
+                per = channel_sums_with_grad(s.param, s.dim, self.idx, torch.abs)
+            total = total + per.sum()
         return self.lam * total
 
     @torch.no_grad()
@@ -49,9 +51,9 @@ class ChannelRegularizer:
         initial RMS (1 at the start for a typical channel, 0 when all selected slices are zero)."""
         total, count = 0.0, 0
         for s, scale in zip(self.slices, self.scale):
-            sel = s.param.detach().float().index_select(s.dim, self.idx)
-            n = sel.numel() // len(self.idx)
-            per = self._per_channel(sel, s.dim)
+            n = s.param.numel() // s.param.shape[s.dim]
+            per = (channel_sums(s.param, s.dim, self.idx, torch.square).sqrt() if self.norm == "l2"
+                   else channel_sums(s.param, s.dim, self.idx, torch.abs))
             per = per / (scale * (n ** 0.5 if self.norm == "l2" else n))
             total += per.sum().item()
             count += per.numel()
@@ -62,18 +64,20 @@ class ChannelRegularizer:
         """One proximal step with threshold tau = lam * lr_ratio / lr_budget (in units of tensor RMS)."""
         tau = self.lam * lr_ratio / self.lr_budget
         for s, scale in zip(self.slices, self.scale):
-            p = s.param.data
-            sel = p.index_select(s.dim, self.idx)
+            p = s.param
             if self.norm == "l1":
-                new = sel.sign() * (sel.abs() - tau * scale).clamp_min(0.0)
-            else:
-                n = sel.numel() // len(self.idx)
-                norms = self._per_channel(sel.float(), s.dim)
-                factor = (1.0 - tau * scale * n ** 0.5 / norms.clamp_min(1e-30)).clamp_min(0.0)
+                scale_channels(p, s.dim, self.idx, lambda sel, _: sel.sign() * (sel.abs() - tau * scale).clamp_min(0.0))
+                continue
+            n = p.numel() // p.shape[s.dim]
+            norms = channel_sums(p, s.dim, self.idx, torch.square).sqrt()
+            factor = (1.0 - tau * scale * n ** 0.5 / norms.clamp_min(1e-30)).clamp_min(0.0)
+
+            def shrink(sel, positions, factor=factor, dim=s.dim):
                 shape = [1] * sel.dim()
-                shape[s.dim] = -1
-                new = sel * factor.view(shape).to(sel.dtype)
-            p.index_copy_(s.dim, self.idx, new)
+                shape[dim] = -1
+                return sel * factor[positions].view(shape).to(sel.dtype)
+
+            scale_channels(p, s.dim, self.idx, shrink)
 
     @torch.no_grad()
     def energy_left(self) -> float:
@@ -85,9 +89,8 @@ class ChannelRegularizer:
     def exact_zero_fraction(self) -> float:
         z = n = 0
         for s in self.slices:
-            sel = s.param.detach().index_select(s.dim, self.idx)
-            z += (sel == 0).sum().item()
-            n += sel.numel()
+            z += channel_sums(s.param, s.dim, self.idx, lambda x: (x == 0).float()).sum().item()
+            n += s.param.numel() // s.param.shape[s.dim] * len(self.idx)
         return z / max(1, n)
 
     @torch.no_grad()

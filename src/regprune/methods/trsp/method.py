@@ -7,6 +7,7 @@ import logging
 import torch
 
 from ...surgery.layers import get_layers, remove_layers
+from ...distributed import sum_across
 from ...train.loop import train_loop
 from ...train.objective import prepare_teacher
 from ..base import CalibrationData, MethodResult, register_method
@@ -92,7 +93,10 @@ class IdentityGap(_Hooks):
         return hook
 
     def gaps(self) -> list[torch.Tensor]:
-        return [self.num[i] / self.den[i] for i in self.blocks]
+        # Sums over the whole batch: across processes too when the batch is split (with autograd for num).
+        num = sum_across(torch.stack([self.num[i] for i in self.blocks]))
+        den = sum_across(torch.stack([self.den[i] for i in self.blocks]))
+        return list(num / den)
 
     def relative(self) -> torch.Tensor:
         return torch.stack([g / g0 for g, g0 in zip(self.gaps(), self.initial)]).mean()
