@@ -46,7 +46,11 @@ PIPELINES: dict[str, tuple] = {
     "slice+lm": ("a", "slice", 0.25, MIXTURE, STEPS, {"finetune": True, "objective": "lm"}),
     "dress-lm": ("a", "dress", 0.25, MIXTURE, STEPS, {"objective": "lm"}),
     # TRSP: 16 stage-1 steps (block weights) + 32 stage-2 steps = the same 48 steps of 4 windows.
+    # Stage 1 on the LM loss (the default stage1_objective): under KD the alphas cannot be ranked (the KL's
+    # gradient at the unpruned model is zero); the '-stage1kd' row is that failure, measured.
     "trsp-kd": ("a", "trsp", None, MIXTURE, 32, {"layers": 8, "stage1_steps": 16, "objective": "kd"}),
+    "trsp-kd-stage1kd": ("a", "trsp", None, MIXTURE, 32, {"layers": 8, "stage1_steps": 16, "objective": "kd",
+                                                         "stage1_objective": "same"}),
     "compresso-kd": ("a", "compresso", 0.25, MIXTURE, STEPS, {"objective": "kd", "collaborative_prompt": False}),
     "slice+kd@wiki": ("b", "slice", 0.25, WIKI, STEPS, {"finetune": True, "objective": "kd"}),
     "dress-kd@wiki": ("b", "dress", 0.25, WIKI, STEPS, {"objective": "kd"}),
@@ -83,7 +87,7 @@ PROTOCOL = {
                    "so every optimizer step sees windows no earlier step saw",
     "training": f"{STEPS} AdamW steps x {BATCH} x 512 tokens (the '@4x' rows: {4 * STEPS}), lr 3e-4, 2 warm-up "
                 "steps then constant (the '-cos' rows: cosine decay to 0.1 x lr at the last step; '-lr1e-3': peak lr 1e-3), grad clip 1.0, full fine-tuning of every weight; TRSP: 16 stage-1 steps "
-                "(block weights only) + 32 stage-2 steps on disjoint windows (the table shows stage 2's); Compresso: masks + LoRA r=8 for 48 steps, "
+                "(block weights only, on the LM loss; '-stage1kd': on KD too) + 32 stage-2 steps on disjoint windows (the table shows stage 2's); Compresso: masks + LoRA r=8 for 48 steps, "
                 "non-uniform layout, no collaborative prompt",
     "objectives": "lm: next-token cross-entropy on the calibration windows; kd: T^2 KL(teacher_T || student_T) "
                   "per token, T = 1, teacher = the unpruned model, cached as its top-256 log-probabilities "

@@ -168,7 +168,10 @@ def test_objective_reaches_every_training_method(method, opts, tiny_model_dir, c
         seen.clear()
         res = regprune.prune(str(tiny_model_dir), method=method, num_samples=8, seq_len=32, data_dir=corpus_dir,
                              batch_size=2, objective=objective, teacher=teacher, teacher_top_k=32, **opts)
-        assert seen and set(seen) == {want}, (objective, seen)
+        if method == "trsp":  # stage 1 ranks the blocks on the LM loss (stage1_objective="lm"), stage 2 as asked
+            assert seen == [(0.0, None), want], (objective, seen)
+        else:
+            assert seen and set(seen) == {want}, (objective, seen)
         assert res.record["config"]["train"]["objective"] == objective
         assert res.record["method_details"]["objective"]["objective"] == objective
 
@@ -271,3 +274,29 @@ def test_lr_schedule_options_are_checked_and_reach_the_cli(tiny_model_dir, corpu
     train = rec["config"]["train"]
     assert (train["lr_schedule"], train["final_lr_ratio"]) == ("linear", 0.5)
     assert [round(h["lr"] / train["lr"], 6) for h in rec["history"]] == [1.0, 0.75, 0.5]
+
+
+def test_metrics_every_n_steps_and_step_timing(tiny_model_dir, corpus_dir):
+    res = regprune.prune(str(tiny_model_dir), method="dress", steps=5, batch_size=2, num_samples=16, seq_len=32,
+                         data_dir=corpus_dir, objective="lm", metrics_every=2)
+    h = res.record["history"]
+    assert [r["step"] for r in h if "energy_left" in r] == [2, 4, 5]  # every 2 steps and the last
+    for r in h:
+        assert 0 <= r["t_data"] + r["t_after_step"] + r["t_metrics"] <= r["t_step"]
+    with pytest.raises(RegpruneError, match="metrics_every must be"):
+        regprune.prune(str(tiny_model_dir), method="dress", steps=2, metrics_every=0, num_samples=8, seq_len=32,
+                       data_dir=corpus_dir)
+
+
+def test_trsp_stage1_objective(tiny_model_dir, corpus_dir, monkeypatch):
+    import regprune.train.loop as loop
+
+    seen = []
+    real = loop.objective_loss
+    monkeypatch.setattr(loop, "objective_loss", lambda *a, **k: (seen.append(k["alpha"]), real(*a, **k))[1])
+    res = regprune.prune(str(tiny_model_dir), method="trsp", layers=1, steps=2, stage1_steps=2, num_samples=16,
+                         seq_len=32, data_dir=corpus_dir, batch_size=2, teacher_top_k=32, stage1_objective="same")
+    assert seen == [1.0] * 4 and res.record["method_details"]["stage1_objective"] == "kd"
+    with pytest.raises(RegpruneError, match="stage1_objective must be lm or same"):
+        regprune.prune(str(tiny_model_dir), method="trsp", layers=1, stage1_objective="kd", num_samples=8, seq_len=32,
+                       data_dir=corpus_dir)

@@ -50,7 +50,7 @@ def _same_models(a, b):
 
 
 def _strip(history):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+    return [{k: v for k, v in r.items() if k != "seconds" and not k.startswith("t_")} for r in history]
 
 
 CASES = {

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the warm-up: constant (default), or a cosine / linear decay to --final-lr-ratio x lr")
     g.add_argument("--final-lr-ratio", type=float, help="lr at the last step as a fraction of --lr (default 0)")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="trade compute for memory")
+    g.add_argument("--metrics-every", type=int, metavar="N",
+                   help="the method's per-step diagnostics (energy left, sparsity, ...) every N steps (default 1)")
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="save a resumable training checkpoint every N optimizer steps (and at the end of each "
                    "training stage) in .OUTPUT.checkpoints next to the output; removed once the output is saved")
@@ -294,7 +296,7 @@ def _finish_prune(args, plan, res, dense_metrics) -> int:
 OBJECTIVE_FLAGS = ("objective", "kd_alpha", "kd_temperature", "teacher", "teacher_top_k", "mixed_precision")
 METHOD_FLAGS = ("ratio", "layers", "selection", "multiple_of", "norm", "lam", "mode", "lr", "batch_size",
                 "grad_accum", "warmup_steps", "lr_schedule", "final_lr_ratio", "gradient_checkpointing",
-                "finetune") + OBJECTIVE_FLAGS
+                "metrics_every", "finetune") + OBJECTIVE_FLAGS
 
 
 def _parse_value(key: str, text: str):

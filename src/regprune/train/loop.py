@@ -39,6 +39,9 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     gradient_checkpointing: bool = False
+    # The method's diagnostics (DReSS energy left, Compresso sparsity, ...) every this many steps (and at the
+    # last); each costs a pass over the regularized slices.
+    metrics_every: int = 1
     # The objective (train/objective.py): "kd" distils the unpruned model (forward KL at kd_temperature),
     # "lm" is the next-token loss on the calibration text, "mix" is (1 - kd_alpha) LM + kd_alpha KD.
     objective: str = "kd"
@@ -69,6 +72,7 @@ class TrainConfig:
         check_number("weight_decay", self.weight_decay, minimum=0.0)
         check_number("max_grad_norm", self.max_grad_norm, minimum=0.0, strict=True, optional=True)
         check_number("seed", self.seed, integer=True)
+        check_number("metrics_every", self.metrics_every, integer=True, minimum=1)
         if not isinstance(self.gradient_checkpointing, bool):
             raise ValueError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         if self.objective not in OBJECTIVES:
@@ -227,8 +231,11 @@ def _run(model, windows, cfg, steps, alpha, groups, device, amp, sh, ckpt, extra
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=sh.rank != 0 or None)
     try:
         for step in bar:
+            t_step = time.perf_counter()
+            t_data = 0.0
             totals = {"loss": 0.0, "lm_loss": 0.0, "distill_loss": 0.0, "extra_loss": 0.0}
             for _ in range(cfg.grad_accum):
+                t = time.perf_counter()
                 rows, batch = next(batches)
                 seen += len(rows)
                 if len(rows) % sh.world:
@@ -237,6 +244,7 @@ def _run(model, windows, cfg, steps, alpha, groups, device, amp, sh, ckpt, extra
                 rows, batch = sh.local(rows, batch)
                 batch = batch.to(device)
                 ids, mask = (batch[:, 0], batch[:, 1]) if batch.dim() == 3 else (batch, None)
+                t_data += time.perf_counter() - t
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     kw = dict(alpha=alpha, temperature=cfg.kd_temperature, teacher=teacher, rows=rows,
                               chunk_tokens=cfg.loss_chunk_tokens)
@@ -263,8 +271,10 @@ def _run(model, windows, cfg, steps, alpha, groups, device, amp, sh, ckpt, extra
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
+            t = time.perf_counter()
             if after_step is not None:
                 after_step(step, lr_now)
+            t_hook = time.perf_counter() - t
             if sh.active:
                 keys = list(totals)
                 totals = dict(zip(keys, sh.mean([totals[k] for k in keys])))
@@ -276,8 +286,13 @@ def _run(model, windows, cfg, steps, alpha, groups, device, amp, sh, ckpt, extra
                 row["extra_loss"] = totals["extra_loss"]
             if alpha > 0 or extra_loss is not None:
                 row["loss"] = totals["loss"]
-            if metrics is not None:
+            t = time.perf_counter()
+            if metrics is not None and ((step + 1) % cfg.metrics_every == 0 or step + 1 == steps):
                 row.update(metrics())
+            # Where the step's time went: regprune's own work besides the forward/backward/optimizer (the
+            # batch, the method's after-step hook such as DReSS's proximal step, the diagnostics).
+            row.update(t_data=t_data, t_after_step=t_hook, t_metrics=time.perf_counter() - t,
+                       t_step=time.perf_counter() - t_step)
             if evaluate is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
                 row["eval_loss"] = evaluate()
                 model.train()

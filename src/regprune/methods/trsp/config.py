@@ -15,6 +15,8 @@ class TrspConfig(BlockRemovalConfig):
 
         loss = LM loss + lam1 * sum_i |alpha_i|
 
+    (the LM loss whatever stage 2's objective: `stage1_objective` below)
+
     is minimized over the alphas only (the model's weights are frozen, so stage 1 changes nothing in
     the model). Normalization of lam1: the penalty is a *sum*, so each alpha feels the same pull lam1
     whatever the number of layers; lam1 is in LM-loss units (nats per token) per unit of alpha. An
@@ -58,6 +60,11 @@ class TrspConfig(BlockRemovalConfig):
     stage1_lr: float = 0.1
     # Stage 1 optimizer steps; None: as many as stage 2 (the `train` config's steps / epochs).
     stage1_steps: int | None = None
+    # Stage 1's objective: "lm" (default), or "same" as stage 2's (`train.objective`). Distillation cannot
+    # rank the blocks: at alpha = 1 the student is the teacher, the KL sits at its minimum and its gradient
+    # in the alphas is zero, so every alpha falls at the same Adam speed under lam1 and the ranking is
+    # noise (measured: bench/results/generality_smollm2.md, row trsp-kd-stage1kd).
+    stage1_objective: str = "lm"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4, epochs=1.0, batch_size=4,
                                                                    warmup_steps=2))
 
@@ -68,10 +75,14 @@ class TrspConfig(BlockRemovalConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.stage1_lr <= 0:
             raise ValueError(f"stage1_lr must be positive, got {self.stage1_lr}")
+        if self.stage1_objective not in ("lm", "same"):
+            raise ValueError(f"stage1_objective must be lm or same, got {self.stage1_objective!r}")
         if self.stage1_steps is not None and self.stage1_steps <= 0:
             raise ValueError(f"stage1_steps must be positive (or None: as many as stage 2), got {self.stage1_steps}")
 
     def stage1_train(self) -> TrainConfig:
         """Stage 1 runs with stage 2's batches and schedule, at its own learning rate (and step count)."""
         t = replace(self.train, lr=self.stage1_lr)
+        if self.stage1_objective == "lm":
+            t = replace(t, objective="lm")
         return replace(t, steps=self.stage1_steps, epochs=None) if self.stage1_steps is not None else t

@@ -196,12 +196,20 @@ class TrspMethod(BlockRemovalMethod):
             raise ValueError("TRSP needs calibration windows to train on")
         gap_windows = windows[: config.num_windows]
         w1, w2, split = stage_windows(windows, config)
-        # One teacher for both stages: the model before either (stage 1 does not change the weights).
-        teacher, objective = prepare_teacher(model, windows, config.train, calib,
-                                             uses=len(w1) + len(w2) if split else len(windows))
-        t1 = t2 = teacher
-        if teacher is not None and split:
-            t1, t2 = teacher.subset(slice(0, len(w1))), teacher.subset(slice(len(w1), None))
+        # One teacher for both stages: the model before either (stage 1 does not change the weights); only
+        # stage 2's windows need it when stage 1 runs on the LM loss (the default).
+        stage1_kd = config.stage1_train().objective != "lm"
+        if split and not stage1_kd:
+            teacher, objective = prepare_teacher(model, w2, config.train, calib)
+            t1, t2 = None, teacher
+        else:
+            teacher, objective = prepare_teacher(model, windows, config.train, calib,
+                                                 uses=len(w1) + len(w2) if split else len(windows))
+            t1 = t2 = teacher
+            if teacher is not None and split:
+                t1, t2 = teacher.subset(slice(0, len(w1))), teacher.subset(slice(len(w1), None))
+            if not stage1_kd:
+                t1 = None
         alphas, h1, trajectory = learn_layer_weights(model, w1, config, k, t1)
         removed = smallest_abs(alphas, k)
         log.info("TRSP stage 1: selected blocks %s (smallest |alpha|: %s)", removed,
@@ -220,6 +228,7 @@ class TrspMethod(BlockRemovalMethod):
             "selection": "the blocks with the smallest |alpha| after stage 1",
             "layer_weights": alphas,
             "objective": objective,
+            "stage1_objective": config.stage1_train().objective,
             "stage_windows": [len(w1), len(w2)] if split else "both stages on all windows",
             "stage1_steps": len(h1), "stage2_steps": len(h2),
             "stage1_alpha_trajectory": trajectory,
