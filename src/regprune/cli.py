@@ -156,6 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("directory", help="where to write wikitext-2-raw/, c4/, ptb/ (existing files are kept)")
     dt.add_argument("--sources", type=_csv, default=["wikitext2", "c4", "ptb"], help="default wikitext2,c4,ptb")
 
+    pl = sub.add_parser("plan", help="peak memory per device for each phase of a prune run, from the model's config "
+                        "alone (nothing but the config is downloaded; no weight is allocated)")
+    pl.add_argument("model")
+    pl.add_argument("--method", default="dress", choices=["dress", "slice", "slice+finetune", "slicegpt", "sleb",
+                                                          "shortgpt", "trsp", "compresso", "magnitude", "wanda",
+                                                          "sparsegpt"])
+    pl.add_argument("--gpus", type=int, default=1, help="processes (one per device) sharing the training by FSDP2")
+    pl.add_argument("--device", default="cuda", help="cuda (default) or cpu (then the runtime is this process's)")
+    pl.add_argument("--device-memory", type=float, metavar="GIB", help="memory per device, to say whether it fits")
+    pl.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                    help="storage dtype of the loaded model (default bfloat16)")
+    pl.add_argument("--batch-size", type=int, default=4)
+    pl.add_argument("--seq-len", type=int, default=512)
+    pl.add_argument("--steps", type=int, default=48, help="training steps (the cached teacher covers steps x batch)")
+    pl.add_argument("--ratio", type=float, default=0.25)
+    pl.add_argument("--objective", choices=["kd", "lm", "mix"], default="kd")
+    pl.add_argument("--teacher", choices=["cached", "live"], default="cached")
+    pl.add_argument("--teacher-top-k", type=int, default=256)
+    pl.add_argument("--gradient-checkpointing", action="store_true")
+    pl.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
+    pl.add_argument("--recover", action="store_true", help="with LoRA recovery")
+    pl.add_argument("--lora-r", type=int, default=32)
+    pl.add_argument("--json", dest="json_out", help="also write the plan here as JSON")
+    pl.add_argument("--calib", default=DEFAULT_CALIBRATION, help="calibration source(s), to count the tokenizer's "
+                    "memory when the text is local")
+    _add_data_args(pl)
+
     i = sub.add_parser("info", help="architecture, sizes and what can be pruned; or the list of methods")
     i.add_argument("model", nargs="?")
     i.add_argument("--methods", action="store_true", help="list the pruning methods and their options")
@@ -450,6 +477,21 @@ def _info(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from .io import atomic_write_json
+    from .plan import format_plan, plan
+
+    p = plan(args.model, args.method, processes=args.gpus, dtype=args.dtype, device=args.device,
+             batch_size=args.batch_size, seq_len=args.seq_len, ratio=args.ratio, objective=args.objective,
+             teacher=args.teacher, top_k=args.teacher_top_k, gradient_checkpointing=args.gradient_checkpointing,
+             mixed_precision=args.mixed_precision, recover=args.recover, lora_r=args.lora_r, steps=args.steps,
+             device_memory_gib=args.device_memory, calib=args.calib, data_dir=args.data_dir)
+    print(format_plan(p))
+    if args.json_out:
+        atomic_write_json(args.json_out, p)
+    return 0 if p.get("fits", True) else 1
+
+
 def _data(args) -> int:
     from .data.sources import write_data_dir
 
@@ -519,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commands = {"prune": _prune, "eval": _eval, "data": _data, "info": _info, "report": _report, "sweep": _sweep,
-                    "compare": _compare, "demo": _demo}
+                    "compare": _compare, "demo": _demo, "plan": _plan}
         return commands[args.command](args)
     except (RegpruneError, ValueError) as e:
         print(f"regprune: error: {e}", file=sys.stderr)

@@ -113,7 +113,8 @@ class CompressoMasks(nn.Module):
         self.log_alpha = nn.ParameterDict({s: nn.Parameter(torch.full(sizes[s], float(init), device=dev))
                                            for s in self.structures})
         self.size = SizeModel(model)
-        self.generator = torch.Generator(device=dev).manual_seed(seed)
+        # (none on the meta device, where regprune plan measures shapes only)
+        self.generator = torch.Generator(device=dev).manual_seed(seed) if dev.type != "meta" else None
         self.sampling = True
         self.z: dict[str, torch.Tensor] = {}
         self._hooks: list = []
