@@ -206,6 +206,19 @@ def check_model_for_method(method: str, model_config, config) -> None:
                             f"{getattr(model_config, 'hidden_size', '?')}): {e}") from None
 
 
+ONLOAD_METHODS = ("slice", "shortgpt")
+
+
+def check_onload(method: str, cfg, recovery=None) -> None:
+    """Layer-by-layer onloading serves methods whose only model passes are forward passes."""
+    if method not in ONLOAD_METHODS:
+        raise RegpruneError(f"--onload (scoring one block at a time) supports {', '.join(ONLOAD_METHODS)}; method "
+                            f"{method!r} needs whole-model passes on the device")
+    if config_trains(cfg) or recovery is not None:
+        raise RegpruneError(f"--onload: {method} with training (--finetune) or --recover needs the whole model on the "
+                            "device (or sharded over several: torchrun); drop --onload or the training")
+
+
 def check_method_options(method: str, options: dict):
     """Build the method's config from `options` now, so a bad option fails before any model is loaded."""
     m = get_method(method)
@@ -220,13 +233,17 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
           sampling: str = "distinct",
           recovery: RecoveryConfig | None = None, eval_sources: list[str] = (), dtype: str = "float32",
           device: str = "cpu", inplace: bool = False, checkpoint_dir=None, checkpoint_every: int | None = None,
-          resume: bool = False, **options) -> PruneResult:
+          resume: bool = False, onload: str | None = None, **options) -> PruneResult:
     """Prune `model` (a loaded model, or anything `load_model` accepts) and return the smaller model.
 
     The input model is not modified: a model object passed in is copied first, unless `inplace=True`
     (no second copy in memory; the object passed in is then consumed). Extra keyword options go to the
     method's config (e.g. ratio=0.25, norm="l1", lam=2.0, steps=40, lr=1e-4). `num_samples="auto"`:
     as many calibration windows as the run needs to see a new window at every step (auto_num_samples).
+
+    `onload` (a device): the weights stay in host memory and the method's forward passes run on that device
+    one block at a time (pipelines/sequential.py), for a model larger than the device; methods that do not
+    train and score with forward passes only (ONLOAD_METHODS).
 
     `checkpoint_dir`: keep resumable training checkpoints there (train/checkpoint.py), every
     `checkpoint_every` optimizer steps and at the end of each training call; `resume=True` continues the run
@@ -252,12 +269,15 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
     except (TypeError, ValueError) as e:
         raise RegpruneError(f"method {method!r}: {e}") from None
     check_model_for_method(method, model.config, cfg)
+    if onload is not None:
+        check_onload(method, cfg, recovery)
     if num_samples == "auto":
         num_samples = auto_num_samples(cfg, recovery)
     if recovery is not None:
         check_calibration_sizes(num_samples, seq_len, recovery=True)
     calib_data = build_calibration(tokenizer, calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                    data_dir=data_dir, eval_sources=eval_sources, sampling=sampling)
+    calib_data.onload = onload
     log.info("calibration: %s, %d windows x %d tokens (%d regularize, %d recovery)", calib_data.protocol["source"],
              num_samples, seq_len, len(calib_data.regularize), len(calib_data.recovery))
     if recovery is not None and len(calib_data.recovery) < 2:  # instruction files split by examples

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-dense", action="store_true", help="also measure the input model's perplexity")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--onload", action="store_true",
+                   help="keep the weights in host memory and run the scoring passes on --device one block at a time "
+                   "(a model larger than the device; slice and shortgpt)")
 
     e = sub.add_parser("eval", help="perplexity, zero-shot accuracy and speed, with the protocol in the output")
     e.add_argument("model")
@@ -258,7 +261,7 @@ def _run_prune(args, plan, device: str, writes: bool = True) -> int:
     from . import api, distributed
     from .models.load import load_model
 
-    loaded = load_model(args.model, dtype=args.dtype, device=device)
+    loaded = load_model(args.model, dtype=args.dtype, device="cpu" if args.onload else device)
     dense_metrics = None
     if writes and args.compare_dense and plan.eval_sources:
         dense_metrics = _ppl(loaded.model, loaded.tokenizer, plan.eval_sources, args)
@@ -267,7 +270,8 @@ def _run_prune(args, plan, device: str, writes: bool = True) -> int:
                     seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir, recovery=plan.recovery,
                     sampling=args.sampling, checkpoint_dir=plan.checkpoint_dir,
                     checkpoint_every=args.checkpoint_every, resume=args.resume,
-                    eval_sources=plan.eval_sources, inplace=True, **plan.options)
+                    onload=device if args.onload else None, eval_sources=plan.eval_sources, inplace=True,
+                    **plan.options)
     del loaded
     return _finish_prune(args, plan, res, dense_metrics) if writes else 0
 

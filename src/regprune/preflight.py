@@ -106,6 +106,10 @@ def check_prune(args, options: dict, *, take_lock: bool = True) -> PrunePlan:
     # 5. model files and config, method x architecture
     model_config, _ = inspect_model(args.model)
     check_model_for_method(args.method, model_config, method_cfg)
+    if getattr(args, "onload", False):
+        from .api import check_onload
+
+        check_onload(args.method, method_cfg, recovery)
     # 6. lengths, in tokens
     _check_lengths(args.model, texts, [c for c in calibs if c in texts], args.seq_len, eval_sources,
                    args.eval_seq_len)

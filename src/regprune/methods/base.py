@@ -15,6 +15,9 @@ class CalibrationData:
     protocol: dict = field(default_factory=dict)
     tokenizer: object = None  # the tokenizer that made the windows (for methods that hand data to other libraries)
     shared_teacher: object = None  # a live teacher of the unpruned model made by the pipeline (reused, not copied)
+    # Forward-only scoring on this device one block at a time, the weights staying in host memory
+    # (pipelines/sequential.py); None: on the model's own device, whole.
+    onload: str | None = None
 
 
 @dataclass

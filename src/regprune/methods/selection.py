@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..arch import hidden_channel_slices
+from ..surgery.layers import get_layers
 
 STRATEGIES = ("activation", "weight", "last", "random")
 
@@ -48,15 +49,38 @@ def hidden_size_allowed(config, hidden_size: int) -> bool:
     return True
 
 
+def _energy(h: torch.Tensor) -> torch.Tensor:
+    h = h.float()
+    return h.pow(2).mean(dim=(0, 1)) / h.pow(2).mean()
+
+
 @torch.no_grad()
-def activation_scores(model, windows: torch.Tensor, max_windows: int = 16) -> torch.Tensor:
-    """Sum over layers of each channel's mean squared hidden state, normalized per layer."""
+def activation_scores(model, windows: torch.Tensor, max_windows: int = 16, onload: str | None = None) -> torch.Tensor:
+    """Sum over layers of each channel's mean squared hidden state, normalized per layer (per window: the
+    embeddings, every block's output but the last, and the last after the final norm, as the model's
+    `hidden_states`). `onload`: compute on this device one block at a time, the weights staying where they
+    are (pipelines/sequential.py)."""
     model.eval()
+    windows = windows[:max_windows]
+    if onload is not None:
+        from ..pipelines.sequential import SequentialForward
+
+        n = len(get_layers(model))
+        acc = {"s": None}
+
+        def add(h):
+            e = _energy(h).cpu()
+            acc["s"] = e if acc["s"] is None else acc["s"] + e
+
+        SequentialForward(model, onload).run([w[None] for w in windows], on_embeddings=add,
+                                             on_block=lambda i, x, y: add(y) if i < n - 1 else None,
+                                             on_final=lambda h, ids: add(h))
+        return acc["s"]
     device = next(model.parameters()).device
     score = None
-    for w in windows[:max_windows]:
+    for w in windows:
         hs = model(input_ids=w[None].to(device), output_hidden_states=True, use_cache=False).hidden_states
-        s = sum((h.float().pow(2).mean(dim=(0, 1)) / h.float().pow(2).mean()) for h in hs)
+        s = sum(_energy(h) for h in hs)
         score = s if score is None else score + s
     return score.cpu()
 
@@ -73,7 +97,7 @@ def weight_scores(model) -> torch.Tensor:
 
 
 def select_channels(model, strategy: str, k: int, windows: torch.Tensor | None = None, seed: int = 0,
-                    ) -> tuple[list[int], torch.Tensor | None]:
+                    onload: str | None = None) -> tuple[list[int], torch.Tensor | None]:
     """Return (sorted channel indices to remove, the scores used or None)."""
     d = model.config.hidden_size
     if strategy == "last":
@@ -84,7 +108,7 @@ def select_channels(model, strategy: str, k: int, windows: torch.Tensor | None =
     if strategy == "activation":
         if windows is None or len(windows) == 0:
             raise ValueError("channel selection 'activation' needs calibration windows")
-        scores = activation_scores(model, windows)
+        scores = activation_scores(model, windows, onload=onload)
     elif strategy == "weight":
         scores = weight_scores(model)
     else:

@@ -72,9 +72,22 @@ class SlebMethod(BlockRemovalMethod):
 
 
 @torch.no_grad()
-def block_influence(model, batches: list[torch.Tensor]) -> list[float]:
-    device = next(model.parameters()).device
+def block_influence(model, batches: list[torch.Tensor], onload: str | None = None) -> list[float]:
+    """ShortGPT's Block Influence of every block: 1 - mean cosine of its input and output hidden states.
+    `onload`: compute on this device one block at a time (pipelines/sequential.py)."""
     n = len(get_layers(model))
+    if onload is not None:
+        from ...pipelines.sequential import SequentialForward
+
+        total = [0.0] * n
+
+        def on_block(i, x, y):
+            total[i] += torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1).sum().item()
+
+        batches = list(batches)
+        SequentialForward(model, onload).run(batches, on_block=on_block)
+        return [1.0 - t / sum(b.numel() for b in batches) for t in total]
+    device = next(model.parameters()).device
     total, count = [0.0] * n, 0
     for b in batches:
         trace = BlockTrace(model, b.to(device))
@@ -96,7 +109,7 @@ class ShortGptMethod(BlockRemovalMethod):
         n0 = len(get_layers(model))
         k = config.num_layers_removed(n0)
         batches = _batches(calib, config)
-        bi = block_influence(model, tqdm(batches, desc="ShortGPT block influence"))
+        bi = block_influence(model, tqdm(batches, desc="ShortGPT block influence"), onload=calib.onload)
         removed = sorted(sorted(range(n0), key=bi.__getitem__)[:k])
         log.info("ShortGPT: removing blocks %s (lowest Block Influence)", removed)
         details = {"layers_before": n0, "layers_after": n0 - k, "removed_layers": removed,

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def _choose(model, calib: CalibrationData, cfg: SliceConfig) -> tuple[list[int], dict]:
     d = model.config.hidden_size
     k = num_removed(d, cfg.ratio, cfg.multiple_of, model.config)
-    removed, scores = select_channels(model, cfg.selection, k, calib.regularize, cfg.seed)
+    removed, scores = select_channels(model, cfg.selection, k, calib.regularize, cfg.seed, onload=calib.onload)
     info = {"hidden_size_before": d, "hidden_size_after": d - k, "removed_channels": removed,
             "selection": cfg.selection}
     if scores is not None:
