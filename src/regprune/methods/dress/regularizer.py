@@ -49,15 +49,14 @@ class ChannelRegularizer:
     def value(self) -> float:
         """Normalized penalty: mean over (tensor, channel) of the slice's size in units of its tensor's
         initial RMS (1 at the start for a typical channel, 0 when all selected slices are zero)."""
-        total, count = 0.0, 0
+        totals, count = [], 0
         for s, scale in zip(self.slices, self.scale):
             n = s.param.numel() // s.param.shape[s.dim]
             per = (channel_sums(s.param, s.dim, self.idx, torch.square).sqrt() if self.norm == "l2"
                    else channel_sums(s.param, s.dim, self.idx, torch.abs))
-            per = per / (scale * (n ** 0.5 if self.norm == "l2" else n))
-            total += per.sum().item()
+            totals.append((per / (scale * (n ** 0.5 if self.norm == "l2" else n))).sum())
             count += per.numel()
-        return self.lam * total / count
+        return self.lam * torch.stack(totals).sum().item() / count  # one device sync per call
 
     @torch.no_grad()
     def prox(self, step: int, lr_ratio: float) -> None:
@@ -82,16 +81,16 @@ class ChannelRegularizer:
     @torch.no_grad()
     def energy_left(self) -> float:
         """Mean over tensors of (energy now / energy at start) in the selected channels."""
-        fr = [self._energy(s) / e0 for s, e0 in zip(self.slices, self.initial_energy) if e0 > 0]
+        now = torch.stack([channel_sums(s.param, s.dim, self.idx, torch.square).sum() for s in self.slices]).tolist()
+        fr = [e / e0 for e, e0 in zip(now, self.initial_energy) if e0 > 0]  # one device sync per call
         return sum(fr) / max(1, len(fr))
 
     @torch.no_grad()
     def exact_zero_fraction(self) -> float:
-        z = n = 0
-        for s in self.slices:
-            z += channel_sums(s.param, s.dim, self.idx, lambda x: (x == 0).float()).sum().item()
-            n += s.param.numel() // s.param.shape[s.dim] * len(self.idx)
-        return z / max(1, n)
+        zeros = torch.stack([channel_sums(s.param, s.dim, self.idx, lambda x: (x == 0).float()).sum()
+                             for s in self.slices]).sum().item()
+        n = sum(s.param.numel() // s.param.shape[s.dim] * len(self.idx) for s in self.slices)
+        return zeros / max(1, n)
 
     @torch.no_grad()
     def magnitudes(self) -> list[dict]:
