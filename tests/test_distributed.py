@@ -19,13 +19,17 @@ from regprune.train.lora import RecoveryConfig
 WORKER = Path(__file__).parent / "distributed" / "prune_worker.py"
 
 
-def _torchrun(tmp_path, model_dir, data_dir, spec: dict, n: int = 2) -> tuple[dict, dict]:
-    out = tmp_path / "dist"
+def _torchrun(tmp_path, model_dir, data_dir, spec: dict, n: int = 2, name: str = "dist",
+             expect_ok: bool = True) -> tuple[dict, dict] | None:
+    out = tmp_path / name
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", str(WORKER),
            str(model_dir), str(data_dir), str(out), json.dumps(spec)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if not expect_ok:
+        assert r.returncode != 0 and "Killed" in r.stderr, r.stderr[-3000:]
+        return None
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return torch.load(out / "state.pt"), json.loads((out / "record.json").read_text())
 
@@ -128,3 +132,21 @@ def test_accelerate_launch_with_the_shipped_config(tiny_model_dir, corpus_dir, t
     rec = json.loads((out / "regprune.json").read_text())
     assert rec["distributed"] == {"processes": 2, "backend": "gloo", "sharding": "FSDP2 fully_shard"}
     assert [h["step"] for h in rec["history"]] == [1, 2]
+
+
+def test_two_process_run_killed_and_resumed_equals_uninterrupted(tiny_model_dir, corpus_dir, tmp_path):
+    """Each process checkpoints its own shards; a 2-process run killed after step 2 and resumed with 2
+    processes ends where the uninterrupted 2-process run ends."""
+    spec = {**COMMON, **CASES["dress"], "checkpoint_every": 1}
+    ref_state, ref = _torchrun(tmp_path, tiny_model_dir, corpus_dir, {**spec, "checkpoint_dir": str(tmp_path / "ck0")},
+                               name="ref")
+    ck = str(tmp_path / "ck")
+    _torchrun(tmp_path, tiny_model_dir, corpus_dir, {**spec, "checkpoint_dir": ck, "kill_after": ["00", 2]},
+              name="killed", expect_ok=False)
+    assert sorted(p.name for p in (tmp_path / "ck" / "00").glob("state-*")) == [
+        "state-step2-rank0of2.pt", "state-step2-rank1of2.pt"]
+    state, rec = _torchrun(tmp_path, tiny_model_dir, corpus_dir, {**spec, "checkpoint_dir": ck, "resume": True},
+                           name="resumed")
+    for k, v in ref_state.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=1e-6, msg=k)
+    assert _curve(rec["history"], "lm_loss") == pytest.approx(_curve(ref["history"], "lm_loss"), rel=1e-6)

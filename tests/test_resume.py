@@ -30,15 +30,18 @@ def _kill_after(monkeypatch, call: str, step: int):
 
     import regprune.train.loop as loop
 
-    real_loss = loop.objective_loss
+    real_loss = loop.objective_loss  # (the same function as regprune.train.objective.objective_loss)
 
     def loss(*a, **k):
         if armed.pop("on", False):
             raise Killed(f"killed in call {call} after step {step}")
         return real_loss(*a, **k)
 
+    import regprune.train.objective as objective
+
     monkeypatch.setattr(ckpt_mod.LoopCheckpoint, "save", save)
     monkeypatch.setattr(loop, "objective_loss", loss)
+    monkeypatch.setattr(objective, "objective_loss", loss)  # what a sharded loop's FSDP root calls
 
 
 def _same_models(a, b):
@@ -129,7 +132,7 @@ def test_cli_checkpoints_next_to_the_output_and_resumes(tiny_model_dir, corpus_d
         _kill_after(m, "00", 2)
         with pytest.raises(Killed):
             main(args)
-    assert (ck / "00" / "state.pt").is_file() and not out.exists()
+    assert list((ck / "00").glob("state-step2-rank0of1.pt")) and not out.exists()
     assert main(args) == 2
     assert "add --resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0

@@ -299,9 +299,6 @@ def prune(model, tokenizer=None, *, method: str = "dress", config=None, calib: s
         if isinstance(rec_teacher, LiveTeacher):
             calib_data.shared_teacher = rec_teacher  # the method's live teacher is the same model: one copy
     ckpts = None
-    if checkpoint_dir is not None and distributed.world_size() > 1:
-        raise RegpruneError("checkpoints (--checkpoint-every / --resume) are not supported in multi-process runs yet: "
-                            "run without them, or in one process")
     if checkpoint_dir is not None:
         identity = {"model": source or getattr(model.config, "_name_or_path", None), "method": method,
                     "config": dataclasses.asdict(cfg), "calibration": calib, "num_samples": num_samples,

@@ -215,9 +215,6 @@ def check_distributed_plan(args, plan, world: int) -> None:
     """What a multi-process run needs beyond the one-process checks: batches that split evenly."""
     from .api import check_method_options, config_trains
 
-    if args.checkpoint_every is not None or args.resume:
-        raise RegpruneError("checkpoints (--checkpoint-every / --resume) are not supported in multi-process runs "
-                            "yet: run without them, or as one process")
     cfg = check_method_options(args.method, plan.options)
     runs = [("--batch-size", cfg.train.batch_size)] if config_trains(cfg) else []
     if plan.recovery is not None:

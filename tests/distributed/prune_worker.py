@@ -2,6 +2,7 @@
 tiny model; process 0 writes the pruned weights and the record for the test to compare."""
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,17 @@ def main() -> None:
         from regprune.train.lora import RecoveryConfig
 
         recovery = RecoveryConfig(train=TrainConfig(**recovery.pop("train")), **recovery)
+    kill = spec.pop("kill_after", None)
+    if kill is not None:  # die in the step after checkpoint `step` of training call `call` (as test_resume does)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        import pytest
+
+        from test_resume import _kill_after
+
+        with pytest.MonkeyPatch.context() as m:
+            _kill_after(m, *kill)
+            regprune.prune(model_dir, data_dir=data_dir, recovery=recovery, **spec)
+        return
     res = regprune.prune(model_dir, data_dir=data_dir, recovery=recovery, **spec)
     from torch.distributed.fsdp import FSDPModule
 

@@ -12,6 +12,10 @@ they happen (`00/`, `01/`, ...). Each call's checkpoint holds what the step need
   recovery's early-stopping record and best adapter, the mask sampler's generator, ...);
 - the data position is the step: the windows come from a seeded permutation that is replayed.
 
+In a multi-process run (regprune/distributed.py) every process writes its own file with its shards of
+the parameters and of the optimizer state (`state-stepK-rankRofN.pt`), and a resume needs as many
+processes.
+
 A finished call keeps its final checkpoint, so that a resumed run rebuilds the model it produced without
 training again; the code between calls (slicing, block removal) then runs exactly as before. Every file
 is written to a temporary name and renamed, so a kill during a save leaves the previous checkpoint intact.
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..errors import RegpruneError
 from ..io import atomic_write_json
 
@@ -77,7 +82,9 @@ class RunCheckpoints:
         self.identity = _canonical(identity)
         self.calls = 0
         run_file = self.dir / RUN_FILE
-        if self.dir.exists():
+        exists = self.dir.exists()
+        distributed.barrier()  # every process has looked before process 0 creates it
+        if exists:
             if not run_file.is_file():
                 raise RegpruneError(f"{self.dir} exists but holds no regprune checkpoint ({RUN_FILE} is missing); "
                                     "move it away or choose another output path")
@@ -95,8 +102,11 @@ class RunCheckpoints:
         else:
             if resume:
                 log.warning("--resume: no checkpoints in %s, starting from the beginning", self.dir)
-            self.dir.mkdir(parents=True)
-            atomic_write_json(run_file, {"format": "regprune-checkpoints/1", "identity": self.identity})
+            if distributed.is_main():
+                self.dir.mkdir(parents=True)
+                atomic_write_json(run_file, {"format": "regprune-checkpoints/1", "identity": self.identity,
+                                             "processes": distributed.world_size()})
+            distributed.barrier()
 
     def describe(self) -> str:
         parts = []
@@ -113,8 +123,9 @@ class RunCheckpoints:
         return call
 
     def remove(self) -> None:
-        """Delete the checkpoints (the run's output is complete)."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Delete the checkpoints (the run's output is complete; process 0 of a multi-process run)."""
+        if distributed.is_main():
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     @contextlib.contextmanager
     def active(self):
@@ -180,48 +191,72 @@ class LoopCheckpoint:
         """Save after optimizer step `step` (1-based)?"""
         return step == steps or (self.every is not None and step % self.every == 0)
 
+    def _state_file(self, step: int) -> Path:
+        return self.dir / f"state-step{step}-rank{distributed.rank()}of{distributed.world_size()}.pt"
+
     def save(self, *, step: int, steps: int, finished: bool, groups: list[dict], optimizer, scheduler,
              history: list, state: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Each process writes its own part (its shards when the model is sharded), then process 0 names
+        the step in meta.json; only then are older steps' files removed, so a kill at any point leaves one
+        complete step."""
+        if distributed.is_main():
+            self.dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         payload = {
             "step": step,
-            "params": [[p.detach().cpu().clone() for p in g["params"]] for g in groups],
-            "optimizer": optimizer.state_dict(),
+            "params": [[distributed.local_part(p.detach())[0].cpu().clone() for p in g["params"]] for g in groups],
+            "optimizer": _localize(optimizer.state_dict()),
             "scheduler": scheduler.state_dict(),
             "history": history,
             "rng": _rng_state(),
             "state": {k: _snapshot(v) for k, v in state.items()},
             "finished": finished,
         }
-        tmp = self.dir / "state.pt.tmp"
+        target = self._state_file(step)
+        tmp = target.with_suffix(".tmp")
         torch.save(payload, tmp)
-        os.replace(tmp, self.dir / "state.pt")
-        atomic_write_json(self.dir / "meta.json", {"desc": self.desc, "step": step, "steps": steps,
-                                                   "finished": finished})
+        os.replace(tmp, target)
+        distributed.barrier()
+        if distributed.is_main():
+            atomic_write_json(self.dir / "meta.json", {"desc": self.desc, "step": step, "steps": steps,
+                                                       "finished": finished, "processes": distributed.world_size()})
+        distributed.barrier()
+        for old in self.dir.glob(f"state-step*-rank{distributed.rank()}of{distributed.world_size()}.pt"):
+            if old != target:
+                old.unlink(missing_ok=True)
         log.info("checkpoint: %s, step %d of %d -> %s", self.desc, step, steps, self.dir)
 
     def load(self, *, steps: int, groups: list[dict], optimizer, scheduler,
              state: dict) -> tuple[int, list, bool] | None:
         """Restore the saved step into the loop's objects; return (step, history, finished), or None when
         nothing is saved."""
-        f = self.dir / "state.pt"
-        if not f.is_file():
+        meta_file = self.dir / "meta.json"
+        if not meta_file.is_file():
             return None
-        meta = json.loads((self.dir / "meta.json").read_text())
+        meta = json.loads(meta_file.read_text())
         if meta["desc"] != self.desc or meta["steps"] != steps:
             raise RegpruneError(f"--resume: checkpoint {self.dir} is of {meta['desc']!r} ({meta['steps']} steps), "
                                 f"but this run's training call {self.dir.name} is {self.desc!r} ({steps} steps); "
                                 "delete the checkpoint directory to start over")
+        if meta.get("processes", 1) != distributed.world_size():
+            raise RegpruneError(f"--resume: checkpoint {self.dir} was written by {meta.get('processes', 1)} process(es); "
+                                f"resume it with as many (this run has {distributed.world_size()})")
+        f = self._state_file(meta["step"])
+        if not f.is_file():
+            raise RegpruneError(f"--resume: {f} is missing (the checkpoint is incomplete); delete {self.dir.parent} "
+                                "to start over")
         payload = torch.load(f, map_location="cpu", weights_only=False)
-        shapes = [[tuple(p.shape) for p in g["params"]] for g in groups]
+        shapes = [[tuple(distributed.local_part(p)[0].shape) for p in g["params"]] for g in groups]
         if [[tuple(t.shape) for t in g] for g in payload["params"]] != shapes:
             raise RegpruneError(f"--resume: the parameters saved in {self.dir} do not match this run's model; "
                                 "delete the checkpoint directory to start over")
         with torch.no_grad():
             for g, saved in zip(groups, payload["params"]):
                 for p, t in zip(g["params"], saved):
-                    p.copy_(t.to(p.device, p.dtype))
+                    local = distributed.local_part(p.data)[0]
+                    local.copy_(t.to(local.device, local.dtype))
         optimizer.load_state_dict(payload["optimizer"])
+        _shard_optimizer_state(optimizer)
         scheduler.load_state_dict(payload["scheduler"])
         _set_rng_state(payload["rng"])
         for k, v in payload["state"].items():
@@ -230,6 +265,36 @@ class LoopCheckpoint:
             _restore_in_place(state[k], v)
         log.info("resumed %s at step %d of %d", self.desc, payload["step"], steps)
         return payload["step"], payload["history"], payload["finished"]
+
+
+def _localize(obj):
+    """An optimizer state dict with every sharded tensor replaced by this process's part."""
+    if distributed.is_dtensor(obj):
+        return obj.to_local().detach().clone()
+    if isinstance(obj, dict):
+        return {k: _localize(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_localize(v) for v in obj]
+    return obj
+
+
+def _shard_optimizer_state(optimizer) -> None:
+    """After loading local parts: make the state of sharded parameters DTensors like their parameters."""
+    if distributed.world_size() == 1:
+        return
+    from torch.distributed.tensor import DTensor
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not distributed.is_dtensor(p):
+                continue
+            local_shape = p.to_local().shape
+            st = optimizer.state.get(p, {})
+            for k, v in list(st.items()):
+                if isinstance(v, torch.Tensor) and not distributed.is_dtensor(v) and v.dim() > 0 \
+                        and v.shape == local_shape:
+                    st[k] = DTensor.from_local(v.to(p.to_local().device), p.device_mesh, p.placements,
+                                               shape=p.shape, stride=p.stride(), run_check=False)
 
 
 __all__ = ["RunCheckpoints", "LoopCheckpoint", "active_checkpoints", "checkpoint_dir_for"]
