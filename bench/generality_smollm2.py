@@ -58,14 +58,14 @@ PIPELINES: dict[str, tuple] = {
     "dress-kd@r50": ("c", "dress", 0.5, MIXTURE, STEPS, {"objective": "kd"}),
     "slice+kd@4x": ("d", "slice", 0.25, MIXTURE, 4 * STEPS, {"finetune": True, "objective": "kd"}),
     "dress-kd@4x": ("d", "dress", 0.25, MIXTURE, 4 * STEPS, {"objective": "kd"}),
-    # f: a slower transfer. With the default lam 4 the selected channels are at zero after about a quarter of
-    # the run; lam 2 gets there at about half, lam 1.2 near the end (prox budget, README).
-    "dress-kd-lam2": ("f", "dress", 0.25, MIXTURE, STEPS, {"objective": "kd", "lam": 2.0}),
-    "dress-kd-lam1.2": ("f", "dress", 0.25, MIXTURE, STEPS, {"objective": "kd", "lam": 1.2}),
     # f: the objective between the two: (1 - 0.5) LM + 0.5 KD (on the mixture, slice+lm was better on WikiText-2
     # and slice+kd on C4).
     "slice+mix": ("f", "slice", 0.25, MIXTURE, STEPS, {"finetune": True, "objective": "mix", "kd_alpha": 0.5}),
     "dress-mix": ("f", "dress", 0.25, MIXTURE, STEPS, {"objective": "mix", "kd_alpha": 0.5}),
+    # f: a slower transfer. With the default lam 4 the selected channels are at zero after about a quarter of
+    # the run; lam 2 gets there at about half, lam 1.2 near the end (prox budget, README).
+    "dress-kd-lam2": ("f", "dress", 0.25, MIXTURE, STEPS, {"objective": "kd", "lam": 2.0}),
+    "dress-kd-lam1.2": ("f", "dress", 0.25, MIXTURE, STEPS, {"objective": "kd", "lam": 1.2}),
     # g: the lr schedule. With a constant lr the KD loss stops falling after about a third of the run (0.92-0.98
     # from step 17 to 48): a cosine decay to a tenth of the peak, at the default peak and at a higher one.
     "dress-kd-cos": ("g", "dress", 0.25, MIXTURE, STEPS, {"objective": "kd", **COSINE}),
