@@ -300,3 +300,18 @@ def test_trsp_stage1_objective(tiny_model_dir, corpus_dir, monkeypatch):
     with pytest.raises(RegpruneError, match="stage1_objective must be lm or same"):
         regprune.prune(str(tiny_model_dir), method="trsp", layers=1, stage1_objective="kd", num_samples=8, seq_len=32,
                        data_dir=corpus_dir)
+
+
+@pytest.mark.parametrize("method,opts", [("dress", dict(steps=3)), ("compresso", dict(steps=2, collaborative_prompt=False))])
+def test_gradient_checkpointing_gives_the_same_run(method, opts, tiny_model_dir, corpus_dir):
+    """Recomputing activations in the backward pass changes memory, not the result."""
+    kw = dict(method=method, num_samples=8, seq_len=32, data_dir=corpus_dir, batch_size=2, lr=1e-3, objective="lm",
+              **opts)
+    a = regprune.prune(str(tiny_model_dir), **kw)
+    b = regprune.prune(str(tiny_model_dir), gradient_checkpointing=True, **kw)
+    assert b.record["config"]["train"]["gradient_checkpointing"] is True
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert not getattr(b.model, "is_gradient_checkpointing", False)  # switched off again after training
