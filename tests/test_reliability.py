@@ -477,3 +477,13 @@ def test_objective_flags_reach_the_recovery_of_methods_that_do_not_train(tiny_mo
                              "lm"), r"--objective: method 'shortgpt' does not train .*--recover")
     refused(capsys, args_for(tiny_model_dir, tmp_path / "o3", corpus_dir, "--method", "slice", "--teacher",
                              "live"), r"only with finetune=true \(--finetune\)")
+
+
+def test_device_auto_resolves_to_what_the_machine_has():
+    import torch
+
+    from regprune.models.load import check_device, resolve_device
+
+    check_device("auto")
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ppl_args(p, "--eval-ppl", [])
     p.add_argument("--compare-dense", action="store_true", help="also measure the input model's perplexity")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--onload", action="store_true",
                    help="keep the weights in host memory and run the scoring passes on --device one block at a time "
                    "(a model larger than the device; slice and shortgpt)")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", dest="json_out", help="write the result here (and the table next to it as .md); "
                    "default for a regprune output directory: eval.json / eval.md inside it")
     e.add_argument("--dtype", default="float32")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="auto", help="auto (default: cuda when available, else cpu), cpu, cuda, cuda:N")
 
     dt = sub.add_parser("data", help="fetch WikiText-2, C4 and PTB from the Hugging Face hub once into a data "
                         "directory, for offline runs with --data-dir")

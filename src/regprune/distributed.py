@@ -50,6 +50,9 @@ def launched() -> bool:
 def init_from_env(device: str = "cpu") -> str:
     """Join the process group torchrun / accelerate launch described in the environment (gloo on CPU, nccl
     on CUDA); return this process's device ("cuda" becomes cuda:LOCAL_RANK)."""
+    from .models.load import resolve_device
+
+    device = resolve_device(device)
     if not launched():
         return device
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -48,12 +48,20 @@ def _load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
+def resolve_device(device: str) -> str:
+    """`auto`: cuda when this machine has it, else cpu; any other name as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def check_device(device: str) -> None:
-    """Refuse a device this machine does not have, before anything is loaded."""
+    """Refuse a device this machine does not have, before anything is loaded (`auto` is always fine)."""
+    device = resolve_device(device)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ModelUnavailable(f"--device {device} is not a device torch knows; use cpu, cuda, cuda:N or mps") from None
+        raise ModelUnavailable(f"--device {device} is not a device torch knows; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelUnavailable(f"--device {device}: CUDA is not available on this machine (torch "
@@ -156,6 +164,7 @@ def load_tokenizer(spec: str):
 def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
     """`spec`: a local HF directory, a `.gguf` file, a built-in name (see BUILTIN_MODELS) or a hub id."""
     torch_dtype = _dtype(dtype)
+    device = resolve_device(device)
     path = Path(spec).expanduser()
     log.info("loading model %s (%s, %s)", spec, dtype, device)
     if spec in BUILTIN_MODELS:
