@@ -43,9 +43,11 @@ def _groups(spec) -> tuple[list[str], list[str], str, str]:
 
 
 @torch.no_grad()
-def residual_covariances(model, windows: torch.Tensor, batch_size: int = 4) -> list[torch.Tensor]:
+def residual_covariances(model, windows: torch.Tensor, batch_size: int = 4, onload: str | None = None
+                         ) -> list[torch.Tensor]:
     """Uncentered covariances (float64, d×d, per token) of the residual stream at every norm's input:
-    [attn_0, mlp_0, attn_1, mlp_1, ..., final]."""
+    [attn_0, mlp_0, attn_1, mlp_1, ..., final]. `onload`: run the model on this device one block at a time
+    (pipelines/sequential.py); the covariances are accumulated in host memory either way."""
     spec = get_arch(model)
     norms = []
     for block in get_layers(model):
@@ -63,11 +65,17 @@ def residual_covariances(model, windows: torch.Tensor, batch_size: int = 4) -> l
 
     hooks = [n.register_forward_pre_hook(hook(i)) for i, n in enumerate(norms)]
     device = next(model.parameters()).device
+    batches = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
     try:
-        for i in tqdm(range(0, len(windows), batch_size), desc="SliceGPT covariances"):
-            b = windows[i:i + batch_size].to(device)
-            model(input_ids=b, use_cache=False)
-            count[0] += b.numel()
+        if onload is not None:  # the norms' hooks fire as each block runs on the device
+            from ...pipelines.sequential import SequentialForward
+
+            SequentialForward(model, onload).run(batches, on_final=lambda h, ids: None)
+            count[0] = sum(b.numel() for b in batches)
+        else:
+            for b in tqdm(batches, desc="SliceGPT covariances"):
+                model(input_ids=b.to(device), use_cache=False)
+                count[0] += b.numel()
     finally:
         for h in hooks:
             h.remove()
@@ -187,7 +195,7 @@ class SliceGptMethod(PruningMethod):
         d = model.config.hidden_size
         d_new = d - num_removed(d, config.ratio, config.multiple_of, model.config)
         windows = calib.regularize if config.num_windows is None else calib.regularize[: config.num_windows]
-        covs = residual_covariances(model, windows)
+        covs = residual_covariances(model, windows, onload=calib.onload)
         model, details = rotate_and_slice(model, covs, d_new, config.rotation)
         details["calibration_windows"] = len(windows)
         log.info("SliceGPT (%s): hidden %d -> %d; kept variance min %.3f", config.rotation, d, d_new,
