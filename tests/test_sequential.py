@@ -21,6 +21,9 @@ def test_scores_equal_whole_model_passes(model_type):
     assert block_influence(model, batches, onload="cpu") == pytest.approx(block_influence(model, batches), abs=1e-6)
     torch.testing.assert_close(activation_scores(model, windows, onload="cpu"), activation_scores(model, windows),
                                rtol=1e-5, atol=1e-6)
+    from regprune.methods.blocks.method import sleb_scores
+
+    assert sleb_scores(model, batches, onload="cpu") == pytest.approx(sleb_scores(model, batches), rel=1e-5)
 
 
 def test_final_hidden_states_and_model_left_as_found():
@@ -39,7 +42,7 @@ def test_final_hidden_states_and_model_left_as_found():
 def test_prune_with_onload(tiny_model_dir, corpus_dir):
     kw = dict(num_samples=8, seq_len=32, data_dir=corpus_dir)
     for method, opts, key in (("shortgpt", {"layers": 1}, "removed_layers"), ("slice", {}, "removed_channels"),
-                              ("slicegpt", {}, "kept_variance")):
+                              ("slicegpt", {}, "kept_variance"), ("sleb", {"layers": 1}, "removed_layers")):
         a = regprune.prune(str(tiny_model_dir), method=method, **opts, **kw)
         b = regprune.prune(str(tiny_model_dir), method=method, onload="cpu", **opts, **kw)
         assert a.record["method_details"][key] and a.record["method_details"][key] == pytest.approx(

@@ -206,10 +206,10 @@ def check_model_for_method(method: str, model_config, config) -> None:
                             f"{getattr(model_config, 'hidden_size', '?')}): {e}") from None
 
 
-# slice / shortgpt / slicegpt: regprune's own sequential pipeline (pipelines/sequential.py); wanda / sparsegpt: already
+# slice / shortgpt / slicegpt / sleb: regprune's own sequential pipeline (pipelines/sequential.py); wanda / sparsegpt: already
 # layer by layer in llm-compressor's sequential pipeline, which onloads each block to its main device (the
 # first CUDA device when there is one); magnitude needs no forward pass.
-ONLOAD_METHODS = ("slice", "shortgpt", "slicegpt", "wanda", "sparsegpt", "magnitude")
+ONLOAD_METHODS = ("slice", "shortgpt", "slicegpt", "sleb", "wanda", "sparsegpt", "magnitude")
 
 
 def check_onload(method: str, cfg, recovery=None) -> None:

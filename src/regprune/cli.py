@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default: cuda when available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--onload", action="store_true",
                    help="keep the weights in host memory and run the scoring passes on --device one block at a time "
-                   "(a model larger than the device; slice, shortgpt, slicegpt, wanda, sparsegpt, magnitude)")
+                   "(a model larger than the device; slice, shortgpt, slicegpt, sleb, wanda, sparsegpt, magnitude)")
 
     e = sub.add_parser("eval", help="perplexity, zero-shot accuracy and speed, with the protocol in the output")
     e.add_argument("model")

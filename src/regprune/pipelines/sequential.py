@@ -69,6 +69,31 @@ class SequentialForward:
                 if b is not None and id(b) not in self._in_blocks:
                     m._buffers[name] = b.to(device)
 
+    def _capture(self, batches: list[torch.Tensor], host) -> tuple[list, list]:
+        """Each batch's hidden state at the first block's input and that block's call arguments (host)."""
+        hidden, kwargs = [], []
+
+        def catch(module, args, kw):
+            h = args[0] if args else kw.pop("hidden_states")
+            hidden.append(h.to(host))
+            kwargs.append(_to({k: v for k, v in kw.items() if k != "hidden_states"}, host))
+            raise _Stop
+
+        handle = self.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            for b in batches:
+                try:
+                    self.model(input_ids=b.to(self.device), use_cache=False)
+                except _Stop:
+                    pass
+        finally:
+            handle.remove()
+        return hidden, kwargs
+
+    def _block(self, block, h, kw, host):
+        out = block(h.to(self.device), **_to(kw, self.device))
+        return (out[0] if isinstance(out, tuple) else out).to(host)
+
     @torch.no_grad()
     def run(self, batches: list[torch.Tensor], on_block: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
             on_embeddings: Callable[[torch.Tensor], None] | None = None,
@@ -80,23 +105,8 @@ class SequentialForward:
         self.model.eval()
         host = next(self.layers[0].parameters()).device
         self._move_outside(self.device)
-        hidden, kwargs = [], []
         try:
-            def catch(module, args, kw):
-                h = args[0] if args else kw.pop("hidden_states")
-                hidden.append(h.to(host))
-                kwargs.append(_to({k: v for k, v in kw.items() if k != "hidden_states"}, host))
-                raise _Stop
-
-            handle = self.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
-            try:
-                for b in batches:
-                    try:
-                        self.model(input_ids=b.to(self.device), use_cache=False)
-                    except _Stop:
-                        pass
-            finally:
-                handle.remove()
+            hidden, kwargs = self._capture(batches, host)
             if on_embeddings is not None:
                 for h in hidden:
                     on_embeddings(h.to(self.device))
@@ -116,6 +126,36 @@ class SequentialForward:
                 norm = self.model.get_submodule(get_arch(self.model).final_norm)
                 for h, b in zip(hidden, batches):
                     on_final(norm(h.to(self.device)), b.to(self.device))
+        finally:
+            self._move_outside(host)
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def skip_one_nll(self, batches: list[torch.Tensor]) -> list[float]:
+        """SLEB's candidates: the summed next-token NLL over `batches` of the model with block i skipped, for
+        every i, with each block onloaded once. Candidate i's hidden states are block i's inputs passed on
+        unchanged, then run through the blocks after it alongside the others (n(n+1)/2 block passes)."""
+        from ..surgery.layers import head_nll
+
+        was_training = self.model.training
+        self.model.eval()
+        host = next(self.layers[0].parameters()).device
+        self._move_outside(self.device)
+        try:
+            hidden, kwargs = self._capture(batches, host)
+            streams: dict[int, list] = {}
+            for j, block in enumerate(self.layers):
+                streams[j] = list(hidden)  # skipping block j: its input goes on unchanged
+                block.to(self.device)
+                try:
+                    for i in streams:
+                        if i != j:
+                            streams[i] = [self._block(block, h, kw, host) for h, kw in zip(streams[i], kwargs)]
+                    hidden = [self._block(block, h, kw, host) for h, kw in zip(hidden, kwargs)]
+                finally:
+                    block.to(host)
+            return [sum(head_nll(self.model, h.to(self.device), b.to(self.device)).item()
+                        for h, b in zip(streams[i], batches)) for i in range(len(self.layers))]
         finally:
             self._move_outside(host)
             self.model.train(was_training)

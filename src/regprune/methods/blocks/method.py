@@ -22,8 +22,15 @@ def _batches(calib: CalibrationData, cfg) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def sleb_scores(model, batches: list[torch.Tensor]) -> list[float]:
-    """Calibration perplexity of the model with each single block removed (index = block)."""
+def sleb_scores(model, batches: list[torch.Tensor], onload: str | None = None) -> list[float]:
+    """Calibration perplexity of the model with each single block removed (index = block). `onload`: on
+    this device one block at a time (pipelines/sequential.py)."""
+    if onload is not None:
+        from ...pipelines.sequential import SequentialForward
+
+        nll = SequentialForward(model, onload).skip_one_nll(batches)
+        tokens = sum(b[:, 1:].numel() for b in batches)
+        return [math.exp(x / tokens) for x in nll]
     device = next(model.parameters()).device
     n = len(get_layers(model))
     nll, tokens = [0.0] * n, 0
@@ -59,7 +66,7 @@ class SlebMethod(BlockRemovalMethod):
         original = list(range(n0))  # original index of each current block
         removed, steps = [], []
         for step in tqdm(range(k), desc="SLEB block removal"):
-            ppl = sleb_scores(model, batches)
+            ppl = sleb_scores(model, batches, onload=calib.onload)
             best = min(range(len(ppl)), key=ppl.__getitem__)
             steps.append({"step": step, "removed_block": original[best], "calibration_ppl": ppl[best],
                           "candidates_ppl": {str(original[i]): p for i, p in enumerate(ppl)}})
