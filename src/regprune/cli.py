@@ -1,4 +1,4 @@
-"""Command line: regprune prune | eval | info | report | sweep | compare | demo."""
+"""Command line: regprune prune | eval | plan | data | info | report | sweep | compare | demo."""
 from __future__ import annotations
 
 import argparse
