@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .arch import config_fields
 from .errors import RegpruneError
 
 GiB = 1 << 30
@@ -61,11 +62,12 @@ def _meta_model(config, num_layers: int | None = None, dtype=torch.float32):
     if num_layers is not None:
         import copy
 
-        cfg = copy.deepcopy(config)
-        cfg.num_hidden_layers = num_layers
-        for key in ("layer_types", "mlp_only_layers"):
-            if isinstance(getattr(cfg, key, None), list):
-                setattr(cfg, key, getattr(cfg, key)[:num_layers])
+        from .surgery.layers import _config_updates
+
+        cfg = copy.deepcopy(config)  # the first num_layers blocks, per-layer config entries as block removal sets them
+        n = getattr(cfg, config_fields(cfg).layers)
+        for k, v in _config_updates(cfg, n, list(range(num_layers))).items():
+            setattr(cfg, k, v)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
 
@@ -119,6 +121,8 @@ def saved_activation_bytes(config, batch: int, seq_len: int, dtype=torch.float32
     adapters, Compresso's masks) and returns the model to run."""
     import torch.nn.functional as F
 
+    hidden = getattr(config, config_fields(config).hidden)
+
     def measure(n: int) -> int:
         model = _meta_model(config, n, dtype)
         model.train()
@@ -135,7 +139,7 @@ def saved_activation_bytes(config, batch: int, seq_len: int, dtype=torch.float32
             return t
 
         decoder = model.get_decoder()
-        x = torch.empty((batch, seq_len, config.hidden_size), dtype=dtype, device="meta", requires_grad=True)
+        x = torch.empty((batch, seq_len, hidden), dtype=dtype, device="meta", requires_grad=True)
         pos = torch.arange(seq_len, device="meta").unsqueeze(0).expand(batch, -1)
         real = F.scaled_dot_product_attention
         F.scaled_dot_product_attention = _fused_sdpa
@@ -152,7 +156,7 @@ def saved_activation_bytes(config, batch: int, seq_len: int, dtype=torch.float32
 
     one, two = measure(1), measure(2)
     # outside the blocks: the final norm and rotary tables (measured), the embedding output (one [b, L, d])
-    emb = batch * seq_len * config.hidden_size * torch.empty((), dtype=dtype).element_size()
+    emb = batch * seq_len * hidden * torch.empty((), dtype=dtype).element_size()
     return two - one, one - (two - one) + emb
 
 
@@ -234,13 +238,14 @@ def plan(model_spec: str, method: str = "dress", *, processes: int = 1, dtype: s
     bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.startswith("cuda"))
     act_dtype = torch.bfloat16 if bf16 else torch.float32
     per_proc_batch = batch_size // processes
-    n_layers = config.num_hidden_layers
+    fields = config_fields(config)
+    n_layers = getattr(config, fields.layers)
     tokens = per_proc_batch * seq_len
 
     def activations_of(wrap=None) -> tuple[int, int]:
         per_block, outside = saved_activation_bytes(config, per_proc_batch, seq_len, act_dtype, wrap)
         if gradient_checkpointing:
-            return n_layers * tokens * config.hidden_size * (2 if bf16 else 4) + per_block + outside, per_block
+            return n_layers * tokens * getattr(config, fields.hidden) * (2 if bf16 else 4) + per_block + outside, per_block
         return n_layers * per_block + outside, per_block
 
     activations, per_block = activations_of(_with_compresso if method == "compresso" else None)
@@ -264,7 +269,7 @@ def plan(model_spec: str, method: str = "dress", *, processes: int = 1, dtype: s
                     {"runtime": runtime, "tokenizer peak (text not local: not counted)": 0})]
     runtime += kept  # on the CPU, what tokenizing leaves stays in the process
     phases.append(Phase("load", runtime + P * s, {"runtime": runtime, "weights": P * s}))
-    forward_transient = per_proc_batch * seq_len * (3 * config.intermediate_size + 4 * config.hidden_size) * 4 \
+    forward_transient = per_proc_batch * seq_len * (3 * getattr(config, fields.ffn) + 4 * getattr(config, fields.hidden)) * 4 \
         + 2 * chunk * vocab * 4
     phases.append(Phase("forward-only scoring (selection, block scores, teacher cache)",
                         runtime + P * s + forward_transient,

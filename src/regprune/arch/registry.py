@@ -19,6 +19,26 @@ from ..errors import UnsupportedArchitecture
 
 
 @dataclass(frozen=True)
+class ConfigFields:
+    """Where an architecture's config keeps the sizes regprune changes when it prunes."""
+
+    hidden: str = "hidden_size"
+    heads: str = "num_attention_heads"
+    kv_heads: str = "num_key_value_heads"
+    ffn: str = "intermediate_size"
+    layers: str = "num_hidden_layers"
+    head_dim: str = "head_dim"
+    # lists with one entry per layer (filtered to the kept layers when blocks are removed)
+    per_layer_lists: tuple[str, ...] = ("layer_types", "no_rope_layers")
+    # lists of layer indices (renumbered when blocks are removed)
+    layer_index_lists: tuple[str, ...] = ("mlp_only_layers",)
+    # the per-layer attention kinds ("full_attention", "sliding_attention")
+    layer_kinds: str | None = "layer_types"
+    # layers with an index >= this use sliding windows (Qwen2); renumbered when blocks are removed
+    max_window_layers: str | None = "max_window_layers"
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     model_types: tuple[str, ...]
     layers: str = "model.layers"
@@ -41,6 +61,7 @@ class ArchSpec:
     # With RMSNorm, eps' = eps * d/d' makes slicing exact including epsilon. Norms over other axes that
     # read the same config value (Qwen3's q_norm/k_norm over head_dim) see a slightly larger eps.
     eps_attr: str | None = "rms_norm_eps"
+    config: ConfigFields = field(default_factory=ConfigFields)
     notes: str = ""
 
     @property
@@ -107,6 +128,27 @@ def get_arch(config_or_model) -> ArchSpec:
             "Adding one is an ArchSpec entry in regprune/arch/registry.py."
         )
     return _REGISTRY[model_type]
+
+
+def config_fields(config_or_model) -> ConfigFields:
+    """The config field names of this architecture (the defaults for one the registry does not know)."""
+    try:
+        return get_arch(config_or_model).config
+    except UnsupportedArchitecture:
+        return ConfigFields()
+
+
+def head_dim(config) -> int:
+    """Per-head width: the config's explicit head_dim, else hidden / heads."""
+    f = config_fields(config)
+    return getattr(config, f.head_dim, None) or getattr(config, f.hidden) // getattr(config, f.heads)
+
+
+def has_sliding_layers(config) -> bool:
+    """Whether some layers attend through a sliding window (a per-layer mask)."""
+    f = config_fields(config)
+    return f.layer_kinds is not None and any(t == "sliding_attention" for t in (getattr(config, f.layer_kinds, None)
+                                                                                 or []))
 
 
 def _get(model: nn.Module, path: str) -> nn.Module:

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..arch import get_arch
+from ..arch import get_arch, has_sliding_layers
 from ..surgery.layers import get_layers
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class SequentialForward:
     def __init__(self, model: nn.Module, device: str | torch.device):
         self.model, self.device = model, torch.device(device)
         self.layers = get_layers(model)
-        if any(t == "sliding_attention" for t in (getattr(model.config, "layer_types", None) or [])):
+        if has_sliding_layers(model.config):
             raise NotImplementedError("layer-by-layer scoring does not handle per-layer sliding-window masks yet: "
                                       "score this model whole (without onloading)")
         self._in_blocks = {id(t) for b in self.layers for t in [*b.parameters(), *b.buffers()]}

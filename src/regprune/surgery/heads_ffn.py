@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import get_arch
+from ..arch import head_dim as arch_head_dim
 from ..errors import RegpruneError
 
 
@@ -31,8 +32,7 @@ def attention_ffn_modules(model: nn.Module, block: nn.Module):
 
 def layer_shapes(model: nn.Module) -> list[dict]:
     """Per layer: kv_groups, n_rep (query heads per group), head_dim, ffn (intermediate channels)."""
-    head_dim = model.config.head_dim if getattr(model.config, "head_dim", None) else \
-        model.config.hidden_size // model.config.num_attention_heads
+    head_dim = arch_head_dim(model.config)
     out = []
     for block in model.get_submodule(get_arch(model).layers):
         q, k, _, _, _, up, _ = attention_ffn_modules(model, block)
@@ -104,12 +104,13 @@ def prune_heads_and_ffn(model: nn.Module, kept_groups: Sequence[Sequence[int]],
             mlp.intermediate_size = len(ffn)
     counts = {(len(set(g)), len(set(f))) for g, f in zip(kept_groups, kept_ffn)}
     config = model.config
-    config.head_dim = shapes[0]["head_dim"]
+    fields = get_arch(model).config
+    setattr(config, fields.head_dim, shapes[0]["head_dim"])
     if len(counts) == 1:
         (g, f), = counts
-        config.num_key_value_heads = g
-        config.num_attention_heads = g * shapes[0]["n_rep"]
-        config.intermediate_size = f
+        setattr(config, fields.kv_heads, g)
+        setattr(config, fields.heads, g * shapes[0]["n_rep"])
+        setattr(config, fields.ffn, f)
         return model
     from ..models.nonuniform import to_nonuniform
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..arch import get_arch, hidden_channel_slices
+from ..arch import head_dim as arch_head_dim
 
 
 def kept_channels(hidden_size: int, removed: Sequence[int]) -> list[int]:
@@ -28,10 +29,6 @@ def mask_hidden_channels(model: nn.Module, removed: Sequence[int]) -> nn.Module:
     return model
 
 
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
 @torch.no_grad()
 def slice_hidden_channels(model: nn.Module, removed: Sequence[int], *, inplace: bool = False) -> nn.Module:
     """Return the model with the `removed` hidden channels cut out of every tensor.
@@ -45,14 +42,15 @@ def slice_hidden_channels(model: nn.Module, removed: Sequence[int], *, inplace: 
     if not inplace:
         model = copy.deepcopy(model)
     config = model.config
-    d = config.hidden_size
+    fields = spec.config
+    d = getattr(config, fields.hidden)
     keep = kept_channels(d, removed)
     d_new = len(keep)
     if d_new == d:
         return model
     if d_new == 0:
         raise ValueError("cannot remove every hidden channel")
-    head_dim = _head_dim(config)
+    head_dim = arch_head_dim(config)
     tied = model.get_output_embeddings() is not None and (
         model.get_output_embeddings().weight is model.get_input_embeddings().weight
     )
@@ -67,7 +65,7 @@ def slice_hidden_channels(model: nn.Module, removed: Sequence[int], *, inplace: 
         _fix_module_sizes(s.module, s.dim, d_new)
     if tied:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
-    config.head_dim = head_dim
+    setattr(config, fields.head_dim, head_dim)
     if spec.norm_kind == "rms" and spec.eps_attr and getattr(config, spec.eps_attr, None) is not None:
         old_eps = getattr(config, spec.eps_attr)
         setattr(config, spec.eps_attr, old_eps * d / d_new)
@@ -75,7 +73,7 @@ def slice_hidden_channels(model: nn.Module, removed: Sequence[int], *, inplace: 
         for module in model.modules():
             if getattr(module, "variance_epsilon", None) == old_eps:
                 module.variance_epsilon = old_eps * d / d_new
-    config.hidden_size = d_new
+    setattr(config, fields.hidden, d_new)
     return model
 
 

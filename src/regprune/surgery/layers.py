@@ -19,14 +19,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..arch import get_arch
+from ..arch import config_fields, get_arch
 
 log = logging.getLogger(__name__)
 
-# Config lists with one entry per layer: filtered to the kept layers.
-PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
-# Config lists of layer indices: renumbered (entries of removed layers dropped).
-LAYER_INDEX_LISTS = ("mlp_only_layers",)
 
 
 def get_layers(model: nn.Module) -> nn.ModuleList:
@@ -50,19 +46,20 @@ def check_layer_indices(n_layers: int, removed: Sequence[int]) -> list[int]:
 
 def _config_updates(config, n_old: int, keep: list[int]) -> dict:
     """The config attributes to change when only the blocks `keep` (sorted) remain."""
+    fields = config_fields(config)  # which config entries are per layer: the registry says
     new_index = {old: new for new, old in enumerate(keep)}
-    updates = {"num_hidden_layers": len(keep)}
-    for name in PER_LAYER_LISTS:
+    updates = {fields.layers: len(keep)}
+    for name in fields.per_layer_lists:  # one entry per layer: keep the kept layers'
         v = getattr(config, name, None)
         if isinstance(v, (list, tuple)) and len(v) == n_old:
             updates[name] = [v[i] for i in keep]
-    for name in LAYER_INDEX_LISTS:
+    for name in fields.layer_index_lists:  # layer indices: renumbered, removed layers dropped
         v = getattr(config, name, None)
         if isinstance(v, (list, tuple)):
             updates[name] = [new_index[i] for i in v if i in new_index]
-    mwl = getattr(config, "max_window_layers", None)
+    mwl = getattr(config, fields.max_window_layers, None) if fields.max_window_layers else None
     if isinstance(mwl, int):  # layers with index >= max_window_layers use sliding windows (Qwen2)
-        updates["max_window_layers"] = sum(1 for i in keep if i < mwl)
+        updates[fields.max_window_layers] = sum(1 for i in keep if i < mwl)
     return updates
 
 

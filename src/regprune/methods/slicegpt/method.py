@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...arch import get_arch
+from ...arch import head_dim as arch_head_dim
 from ...models.rotated import add_shortcuts, shortcut_classes
 from ...surgery.layers import get_layers
 from ..base import CalibrationData, MethodResult, PruningMethod, register_method
@@ -156,9 +157,10 @@ def rotate_and_slice(model, covs: list[torch.Tensor], d_new: int, rotation: str)
         for module in model.modules():
             if getattr(module, "variance_epsilon", None) == old_eps:
                 module.variance_epsilon = old_eps * d / d_new
-    if getattr(config, "head_dim", None) is None:
-        config.head_dim = d // config.num_attention_heads
-    config.hidden_size = d_new
+    fields = spec.config
+    if getattr(config, fields.head_dim, None) is None:
+        setattr(config, fields.head_dim, arch_head_dim(config))
+    setattr(config, fields.hidden, d_new)
     config.tie_word_embeddings = False
     if tied or getattr(model, "_tied_weights_keys", None):
         model._tied_weights_keys = {} if isinstance(getattr(model, "_tied_weights_keys", None), dict) else []
