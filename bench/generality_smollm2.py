@@ -147,11 +147,27 @@ def run_one(name: str, data_dir: str, work: Path) -> None:
             if ratio is not None:
                 kw["ratio"] = ratio
             # Checkpoints every 8 steps: a pipeline killed at the end of a session resumes in the next one.
-            ck = dict(checkpoint_dir=work / "checkpoints" / name, checkpoint_every=8, resume=True) if steps else {}
-            resumed = steps and (work / "checkpoints" / name).exists()
-            res = regprune.prune(loaded, method=method, calib=calib, num_samples="auto", seq_len=512, seed=0,
-                                 data_dir=data_dir, inplace=True, sampling="distinct",
-                                 eval_sources=["wikitext2:test", "c4:validation"], **ck, **kw)
+            ck_dir = work / "checkpoints" / name
+            ck = dict(checkpoint_dir=ck_dir, checkpoint_every=8, resume=True) if steps else {}
+            resumed = steps and ck_dir.exists()
+            args = dict(method=method, calib=calib, num_samples="auto", seq_len=512, seed=0, data_dir=data_dir,
+                        sampling="distinct", eval_sources=["wikitext2:test", "c4:validation"], **kw)
+            if resumed:
+                from regprune.errors import RegpruneError
+
+                try:  # the input kept (inplace=False) in case the checkpoints are of other settings
+                    res = regprune.prune(loaded, inplace=False, **ck, **args)
+                except RegpruneError as e:  # written by code with other settings (e.g. a newer TrainConfig)
+                    if "other settings" not in str(e):
+                        raise
+                    print(f"[bench] {name}: {e}; its checkpoints are removed and the pipeline starts over", flush=True)
+                    import shutil
+
+                    shutil.rmtree(ck_dir)
+                    resumed = False
+                    res = regprune.prune(loaded, inplace=True, **ck, **args)
+            else:
+                res = regprune.prune(loaded, inplace=True, **ck, **args)
             if resumed:
                 row["resumed"] = "from a checkpoint of an earlier session: wall time covers only this part"
             res.discard_checkpoints()
