@@ -18,6 +18,7 @@ llm-compressor's sequential pipeline, written for regprune's scoring callbacks.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -69,6 +70,20 @@ class SequentialForward:
                 if b is not None and id(b) not in self._in_blocks:
                     m._buffers[name] = b.to(device)
 
+    @contextlib.contextmanager
+    def _onloaded(self):
+        """Eval mode with the parts outside the blocks on the device; yields the host device, and puts
+        everything back afterwards."""
+        was_training = self.model.training
+        self.model.eval()
+        host = next(self.layers[0].parameters()).device
+        self._move_outside(self.device)
+        try:
+            yield host
+        finally:
+            self._move_outside(host)
+            self.model.train(was_training)
+
     def _capture(self, batches: list[torch.Tensor], host) -> tuple[list, list]:
         """Each batch's hidden state at the first block's input and that block's call arguments (host)."""
         hidden, kwargs = [], []
@@ -101,11 +116,7 @@ class SequentialForward:
         """Run every batch through the model block by block. Callbacks (tensors on the device):
         `on_embeddings(h0)` per batch, `on_block(i, block_input, block_output)` per block and batch, and
         `on_final(hidden_after_final_norm, input_ids)` per batch."""
-        was_training = self.model.training
-        self.model.eval()
-        host = next(self.layers[0].parameters()).device
-        self._move_outside(self.device)
-        try:
+        with self._onloaded() as host:
             hidden, kwargs = self._capture(batches, host)
             if on_embeddings is not None:
                 for h in hidden:
@@ -126,9 +137,6 @@ class SequentialForward:
                 norm = self.model.get_submodule(get_arch(self.model).final_norm)
                 for h, b in zip(hidden, batches):
                     on_final(norm(h.to(self.device)), b.to(self.device))
-        finally:
-            self._move_outside(host)
-            self.model.train(was_training)
 
     @torch.no_grad()
     def skip_one_nll(self, batches: list[torch.Tensor]) -> list[float]:
@@ -137,11 +145,7 @@ class SequentialForward:
         unchanged, then run through the blocks after it alongside the others (n(n+1)/2 block passes)."""
         from ..surgery.layers import head_nll
 
-        was_training = self.model.training
-        self.model.eval()
-        host = next(self.layers[0].parameters()).device
-        self._move_outside(self.device)
-        try:
+        with self._onloaded() as host:
             hidden, kwargs = self._capture(batches, host)
             streams: dict[int, list] = {}
             for j, block in enumerate(self.layers):
@@ -156,9 +160,6 @@ class SequentialForward:
                     block.to(host)
             return [sum(head_nll(self.model, h.to(self.device), b.to(self.device)).item()
                         for h, b in zip(streams[i], batches)) for i in range(len(self.layers))]
-        finally:
-            self._move_outside(host)
-            self.model.train(was_training)
 
 
 __all__ = ["SequentialForward"]
